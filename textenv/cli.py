@@ -1,0 +1,98 @@
+"""The ``textenv`` command line: ``textenv plugins``, ``textenv demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from textenv.envs.task import DEFAULT_PROMPTS, DEFAULT_REWARD
+from textenv.models import DEFAULT_MODEL
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``textenv`` command."""
+    parser = argparse.ArgumentParser(prog="textenv", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plugins", help="list every registered reward source and prompt set")
+    p.set_defaults(run=_plugins)
+
+    p = sub.add_parser("demo", help="generate with a model in the env and show each completion's rewards")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="local path, hub id or smollm2-135m (default)")
+    p.add_argument("--prompts", default=DEFAULT_PROMPTS, help="prompt set name, .txt or .jsonl file")
+    p.add_argument("--reward", default=DEFAULT_REWARD, help="reward spec, e.g. 'sentiment + 0.5*length'")
+    p.add_argument("--num-prompts", type=int, default=4, help="episodes generated side by side")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--chat-template", action="store_true", help="wrap prompts in the chat template")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_demo)
+
+    args = parser.parse_args(argv)
+    from textenv.plugin_manager import PluginError
+    from textenv.prompts import PromptError
+    from textenv.rewards import RewardError
+
+    try:
+        return args.run(args) or 0
+    except (PluginError, PromptError, RewardError) as exc:
+        print(f"textenv: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from textenv.plugin_manager import get_plugin_manager
+
+    pm = get_plugin_manager()
+    sources = pm.reward_sources()
+    width = max(map(len, sources))
+    print("reward sources:")
+    for name, source in sources.items():
+        print(f"  {name:<{width}}  {source.description}\n  {'':<{width}}  from {source.origin}")
+    print(f"  {'python:MODULE:FUNCTION':<{width}}  any function of yours, loaded by name")
+    print("prompt sets:")
+    for name, prompts in sorted(pm.prompt_sets().items()):
+        print(f"  {name:<{width}}  {len(prompts)} prompts, e.g. {prompts[0]!r}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from textenv.envs.text_gen_vector import TextGenVectorEnv
+    from textenv.generation import SamplingConfig, generate_episodes
+    from textenv.models import load_causal_lm
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"loading {args.model} on {device} ...", flush=True)
+    start = time.perf_counter()
+    model = load_causal_lm(args.model, device=device)
+    env = TextGenVectorEnv(
+        args.num_prompts,
+        device=device,
+        autoreset_mode="Disabled",
+        model=args.model,
+        prompts=args.prompts,
+        reward=args.reward,
+        max_new_tokens=args.max_new_tokens,
+        chat_template=args.chat_template,
+    )
+    print(f"loaded in {time.perf_counter() - start:.1f} s; reward = {args.reward}", flush=True)
+    start = time.perf_counter()
+    episodes = generate_episodes(
+        model, env, sampling=SamplingConfig(temperature=args.temperature), seed=args.seed, progress=True
+    )
+    tokens = int(episodes.completion_mask.sum())
+    elapsed = time.perf_counter() - start
+    for i, (prompt, completion) in enumerate(zip(episodes.prompts, episodes.completions)):
+        terms = "  ".join(f"{k} {v[i]:+.3f}" for k, v in episodes.reward_terms.items())
+        print(f"\n[{i}] {prompt}\u27e6{completion}\u27e7\n    reward {episodes.rewards[i]:+.3f}  ({terms})")
+    print(f"\n{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.1f} tokens/s); "
+          f"mean reward {episodes.rewards.mean():+.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""Gymnasium environments of textenv."""
+
+from textenv.envs.task import TextTask
+from textenv.envs.text_gen import TextGenEnv
+from textenv.envs.text_gen_vector import TextGenVectorEnv
+
+__all__ = ["TextGenEnv", "TextGenVectorEnv", "TextTask"]

@@ -1,0 +1,174 @@
+"""The text-generation task shared by the single and the vector env.
+
+It holds what does not change between episodes: the tokenizer, the prompts encoded
+once into a left-padded bank, the sizes, the spaces and the reward pipeline.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+
+from textenv.models import DEFAULT_MODEL, load_tokenizer
+from textenv.prompts import PromptError, load_prompts
+from textenv.rewards import RewardPipeline
+
+DEFAULT_PROMPTS = "movie-reviews"
+DEFAULT_REWARD = "sentiment + repetition"
+
+
+@dataclass
+class TextTask:
+    """Everything an episode needs that is fixed at construction.
+
+    Attributes:
+        model_name: the model the tokenizer came from (the agent loads the same), or None.
+        tokenizer: a transformers tokenizer.
+        prompts: the prompt texts.
+        prompt_ids: (K, P) the prompts' token ids, left-padded with ``pad_id``.
+        prompt_mask: (K, P) 1 where ``prompt_ids`` holds a real token.
+        max_new_tokens: T, the length limit of a completion.
+        vocab_size: the size of the action space.
+        eos_ids: the token ids that end an episode (terminated).
+        pad_id: the id written where there is no token.
+        rewards: the reward pipeline.
+        chat_template: whether prompts were wrapped in the tokenizer's chat template.
+    """
+
+    model_name: str | None
+    tokenizer: Any
+    prompts: list[str]
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
+    max_new_tokens: int
+    vocab_size: int
+    eos_ids: list[int]
+    pad_id: int
+    rewards: RewardPipeline
+    chat_template: bool
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        model: str | None = DEFAULT_MODEL,
+        tokenizer: Any = None,
+        prompts: str | Sequence[str] = DEFAULT_PROMPTS,
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int | None = None,
+        reward: Any = DEFAULT_REWARD,
+        chat_template: bool = False,
+        eos_token_ids: Sequence[int] | None = None,
+        vocab_size: int | None = None,
+        plugin_manager: Any = None,
+    ) -> TextTask:
+        """Build a task from the env's options.
+
+        Args:
+            model: local path, hub id or ``"smollm2-135m"``; its tokenizer is used
+                unless ``tokenizer`` is given.
+            tokenizer: a ready tokenizer object (overrides ``model`` for tokenizing).
+            prompts: a list of strings, a ``.txt``/``.jsonl`` file or a prompt-set name.
+            max_new_tokens: the completion length limit (truncated past it).
+            max_prompt_tokens: the prompt width P; by default the longest prompt's. Longer
+                prompts keep their last P tokens, with a warning.
+            reward: the reward spec (``"sentiment + 0.5*length"``, a dict or a list).
+            chat_template: wrap each prompt as a user turn of the tokenizer's chat template.
+            eos_token_ids: the ids that end an episode; the tokenizer's EOS by default.
+            vocab_size: the action-space size; ``len(tokenizer)`` by default.
+            plugin_manager: where reward sources and prompt sets are looked up.
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if tokenizer is None:
+            if model is None:
+                raise ValueError("give model= (a name or path) or tokenizer=")
+            tokenizer = load_tokenizer(model)
+        texts = load_prompts(prompts, plugin_manager)
+        rewards = RewardPipeline.from_spec(reward, plugin_manager)
+        eos = list(eos_token_ids) if eos_token_ids is not None else [tokenizer.eos_token_id]
+        if any(e is None for e in eos):
+            raise ValueError("the tokenizer has no EOS token: give eos_token_ids=")
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        task = cls(
+            model_name=model,
+            tokenizer=tokenizer,
+            prompts=texts,
+            prompt_ids=torch.empty(0, dtype=torch.long),
+            prompt_mask=torch.empty(0, dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            vocab_size=vocab_size or len(tokenizer),
+            eos_ids=eos,
+            pad_id=pad_id,
+            rewards=rewards,
+            chat_template=chat_template,
+        )
+        task.prompt_ids, task.prompt_mask = task.encode(texts, width=max_prompt_tokens)
+        return task
+
+    @property
+    def prompt_width(self) -> int:
+        """P, the number of prompt positions in an observation."""
+        return self.prompt_ids.shape[1]
+
+    @property
+    def seq_len(self) -> int:
+        """L = P + T, the width of an observation."""
+        return self.prompt_width + self.max_new_tokens
+
+    def encode(self, texts: Sequence[str], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize prompts into a left-padded batch.
+
+        Args:
+            texts: the prompts.
+            width: the padded width; this task's P by default (the longest prompt when
+                building the bank).
+
+        Returns:
+            ids (n, width) and mask (n, width), both int64.
+        """
+        if self.chat_template:
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
+                )
+                for t in texts
+            ]
+        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        for i, ids in enumerate(encoded):
+            if not ids:
+                raise PromptError(f"prompt #{i} {texts[i]!r} is empty after tokenization")
+        if width is None:
+            width = self.prompt_width if self.prompt_ids.numel() else max(map(len, encoded))
+        too_long = sum(len(ids) > width for ids in encoded)
+        if too_long:
+            warnings.warn(
+                f"{too_long} prompt(s) longer than {width} tokens keep only their last {width} tokens",
+                stacklevel=3,
+            )
+        ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, tokens in enumerate(encoded):
+            tokens = tokens[-width:]
+            ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, width - len(tokens) :] = 1
+        return ids, mask
+
+    def observation_space(self) -> spaces.Dict:
+        """The single-env observation space: padded token ids and their mask, (L,) each."""
+        return spaces.Dict(
+            {
+                "input_ids": spaces.Box(0, self.vocab_size - 1, (self.seq_len,), dtype=np.int64),
+                "attention_mask": spaces.Box(0, 1, (self.seq_len,), dtype=np.int64),
+            }
+        )
+
+    def action_space(self) -> spaces.Discrete:
+        """One action per token of the vocabulary."""
+        return spaces.Discrete(self.vocab_size)

@@ -1,0 +1,221 @@
+"""The plugin manager: built-in plugins, entry points, and reward functions from scripts.
+
+Built-ins register through the same manager as third-party plugins (pytest's way).
+Entry points in the group ``textenv`` load on first use unless
+``TEXTENV_DISABLE_PLUGIN_AUTOLOAD`` is set. A failing plugin is named in the error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.metadata
+import inspect
+import os
+import types
+from collections.abc import Callable
+from typing import Any
+
+import pluggy
+
+from textenv import hookspecs
+from textenv.rewards import RewardError, RewardSource
+
+ENTRY_POINT_GROUP = "textenv"
+AUTOLOAD_ENV = "TEXTENV_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN_PLUGINS = (
+    "textenv.plugins.sentiment",
+    "textenv.plugins.keyword",
+    "textenv.plugins.length",
+    "textenv.plugins.repetition",
+    "textenv.plugins.python_function",
+    "textenv.plugins.prompt_sets",
+)
+
+hookimpl = pluggy.HookimplMarker("textenv")
+
+
+class PluginError(RuntimeError):
+    """A plugin failed to load or broke a hook's contract; the message names it."""
+
+
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager for the ``textenv`` project, which also remembers where each plugin came from."""
+
+    def __init__(self) -> None:
+        super().__init__("textenv")
+        self.add_hookspecs(hookspecs)
+        self.origins: dict[str, str] = {}
+
+    def register_plugin(self, plugin: Any, name: str, origin: str) -> None:
+        """Register ``plugin`` under ``name``, replacing an earlier plugin of that name.
+
+        Raises:
+            PluginError: the plugin implements a ``textenv_`` hook that does not exist
+                (a typo) or with arguments the hook does not have.
+        """
+        if self.has_plugin(name):
+            self.unregister(name=name)
+        try:
+            self.register(plugin, name=name)
+            self.check_pending()
+        except pluggy.PluginValidationError as exc:
+            if self.has_plugin(name):
+                self.unregister(name=name)
+            raise PluginError(f"plugin {name!r} ({origin}) is invalid: {exc}") from None
+        self.origins[name] = origin
+
+    def load_entry_points(self) -> None:
+        """Load every plugin declared in the ``textenv`` entry-point group."""
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
+            origin = f"entry point {ep.name!r} ({dist})"
+            if self.has_plugin(ep.name) or self.is_blocked(ep.name):
+                continue
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {ep.name!r} from {dist} failed to load ({ep.value}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            self.register_plugin(plugin, ep.name, origin)
+
+    def _call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call a hook plugin by plugin, newest first, so a failure can name its plugin."""
+        results = []
+        for impl in getattr(self.hook, hook_name).get_hookimpls()[::-1]:
+            try:
+                result = impl.function(*[kwargs[arg] for arg in impl.argnames])
+            except RewardError:
+                raise
+            except Exception as exc:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r} ({self.origins.get(impl.plugin_name, '?')}) "
+                    f"failed in {hook_name}: {type(exc).__name__}: {exc}"
+                ) from exc
+            if result is not None:
+                results.append((impl.plugin_name, result))
+        return results
+
+    def reward_sources(self) -> dict[str, RewardSource]:
+        """Every listed reward source by name, each with its origin filled in.
+
+        Raises:
+            PluginError: a plugin failed, returned something that is not a RewardSource,
+                or two plugins offer the same name.
+        """
+        sources: dict[str, RewardSource] = {}
+        for plugin_name, listed in self._call_each("textenv_reward_sources"):
+            origin = self.origins.get(plugin_name, plugin_name)
+            for source in listed:
+                if not isinstance(source, RewardSource):
+                    raise PluginError(
+                        f"plugin {plugin_name!r} ({origin}) returned {source!r} from "
+                        "textenv_reward_sources; expected textenv.RewardSource objects"
+                    )
+                if source.name in sources:
+                    raise PluginError(
+                        f"reward source {source.name!r} is provided twice: by "
+                        f"{sources[source.name].origin} and by {origin}"
+                    )
+                sources[source.name] = _with_origin(source, origin)
+        return dict(sorted(sources.items()))
+
+    def get_reward_source(self, name: str) -> RewardSource:
+        """The source for a name: a listed one, or one a resolver plugin builds (``python:...``).
+
+        Raises:
+            RewardError: no plugin knows the name; the message lists the known ones.
+        """
+        sources = self.reward_sources()
+        if name in sources:
+            return sources[name]
+        for plugin_name, source in self._call_each("textenv_resolve_reward_source", name=name):
+            return _with_origin(source, self.origins.get(plugin_name, plugin_name))
+        hint = difflib.get_close_matches(name, list(sources), n=1)
+        raise RewardError(
+            f"unknown reward source {name!r}"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f". Known sources: {', '.join(sources)}; or python:MODULE:FUNCTION"
+        )
+
+    def prompt_sets(self) -> dict[str, list[str]]:
+        """Every named prompt set from every plugin."""
+        sets: dict[str, list[str]] = {}
+        for _, listed in self._call_each("textenv_prompt_sets"):
+            sets.update(listed)
+        return sets
+
+
+def _with_origin(source: RewardSource, origin: str) -> RewardSource:
+    if source.origin:
+        return source
+    return RewardSource(source.name, source.fn, source.description, origin)
+
+
+def make_plugin_manager(*, autoload: bool | None = None) -> PluginManager:
+    """A new manager with the built-in plugins and, unless disabled, the installed ones.
+
+    Args:
+        autoload: load entry-point plugins; by default, unless the environment variable
+            ``TEXTENV_DISABLE_PLUGIN_AUTOLOAD`` is set.
+    """
+    pm = PluginManager()
+    for module_name in BUILTIN_PLUGINS:
+        pm.register_plugin(importlib.import_module(module_name), module_name, "built-in")
+    if autoload is None:
+        autoload = not os.environ.get(AUTOLOAD_ENV)
+    if autoload:
+        pm.load_entry_points()
+    return pm
+
+
+_default: PluginManager | None = None
+
+
+def get_plugin_manager() -> PluginManager:
+    """The process-wide manager that envs use unless given another (made on first use)."""
+    global _default
+    if _default is None:
+        _default = make_plugin_manager()
+    return _default
+
+
+def reward(fn: Callable | None = None, *, name: str | None = None, description: str = ""):
+    """Register a function from a script as a reward source: the one-decorator path.
+
+    Example::
+
+        @textenv.reward
+        def exclamations(completions):
+            return [c.count("!") for c in completions]
+
+        env = gym.make("textenv/TextGen-v0", reward="sentiment + 0.1*exclamations")
+
+    Args:
+        fn: the function (when used as ``@reward``).
+        name: the source name; the function's name by default.
+        description: one line for ``textenv plugins``; the docstring's first line by default.
+    """
+
+    def register(fn: Callable) -> Callable:
+        source_name = name or fn.__name__
+        try:
+            where = f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+        except (OSError, TypeError):
+            where = getattr(fn, "__module__", "?")
+        source = RewardSource(source_name, fn, description, origin=f"script {where}")
+        plugin = types.SimpleNamespace(textenv_reward_sources=hookimpl(lambda: [source]))
+        pm = get_plugin_manager()
+        plugin_name = f"script:{source_name}"
+        pm.register_plugin(plugin, plugin_name, source.origin)
+        try:
+            pm.reward_sources()  # a name taken by another plugin fails here, not at first use
+        except PluginError:
+            pm.unregister(name=plugin_name)
+            raise
+        fn.reward_source = source
+        return fn
+
+    return register(fn) if fn is not None else register

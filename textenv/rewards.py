@@ -1,0 +1,440 @@
+"""Reward sources and the reward pipeline.
+
+A reward source is a plain function that scores a batch of finished episodes. It
+takes only the context arguments it names, among:
+
+* ``prompts`` (list[str]): the prompt of each episode;
+* ``completions`` (list[str]): the decoded completion (special tokens skipped);
+* ``completion_ids`` (list[list[int]]): the tokens the agent chose, EOS included;
+* ``terminated`` (list[bool]): True where the episode ended on EOS, False where it
+  hit the length limit;
+
+plus any options given in the reward spec (``length(target=20)`` calls it with
+``target=20``). It returns one float per completion, or, for per-token rewards
+(TAMER, shaping), one sequence per completion with one float per token of
+``completion_ids``.
+
+The pipeline calls every source of a spec once per batch, checks what each returns
+(count, NaN/inf, exceptions: each error names the source and the offending item),
+applies per-term running normalization, clipping and weights, and keeps every term
+by name.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+
+CONTEXT_ARGS = ("prompts", "completions", "completion_ids", "terminated")
+TERM_OPTIONS = ("weight", "normalize", "clip")
+
+
+class RewardError(ValueError):
+    """A reward spec or a reward source's result is wrong; the message says which."""
+
+
+@dataclass(frozen=True)
+class RewardSource:
+    """A named reward function, as plugins provide it.
+
+    Attributes:
+        name: the name used in reward specs.
+        fn: the scoring function (see the module docstring for its arguments).
+        description: one line for ``textenv plugins``; defaults to the first line of
+            ``fn``'s docstring.
+        origin: where the source came from (built-in, entry point, script); the
+            plugin manager fills it in.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    description: str = ""
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.description:
+            doc = inspect.getdoc(self.fn) or ""
+            object.__setattr__(self, "description", doc.split("\n", 1)[0])
+
+    def bind(self, options: Mapping[str, Any]) -> Callable[[dict[str, Any]], Any]:
+        """Return ``call(context)`` that calls ``fn`` with the context it names and the options.
+
+        Raises:
+            RewardError: an option the function does not accept.
+        """
+        params = inspect.signature(self.fn).parameters
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        accepted = [n for n, p in params.items() if p.kind is not p.VAR_KEYWORD]
+        for key in options:
+            if key in CONTEXT_ARGS or (key not in params and not takes_kwargs):
+                known = [n for n in accepted if n not in CONTEXT_ARGS] + list(TERM_OPTIONS)
+                raise RewardError(
+                    f"reward source {self.name!r} has no option {key!r}; "
+                    f"its options are: {', '.join(known)}"
+                )
+        wanted = CONTEXT_ARGS if takes_kwargs else [a for a in CONTEXT_ARGS if a in params]
+        fn, opts = self.fn, dict(options)
+
+        def call(context: dict[str, Any]) -> Any:
+            return fn(**{a: context[a] for a in wanted}, **opts)
+
+        return call
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class TermSpec:
+    """One term of a reward spec: ``weight * name(**options)``."""
+
+    name: str
+    weight: float = 1.0
+    normalize: bool = False
+    clip: float | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+_TERM_RE = re.compile(
+    r"^(?:(?P<weight>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+)\s*\*\s*)?"
+    r"(?P<name>[A-Za-z_][\w.:/\\~-]*)\s*(?:\((?P<args>.*)\))?$",
+    re.DOTALL,
+)
+
+
+def parse_reward_spec(spec: Any) -> list[TermSpec]:
+    """Turn a reward spec into terms.
+
+    Accepted forms:
+        * ``"sentiment + 0.5*length(target=20) - repetition"``;
+        * ``{"sentiment": 1.0, "length": {"weight": 0.5, "target": 20}}``;
+        * ``["sentiment", {"source": "length", "weight": 0.5, "target": 20}]``.
+
+    Per-term keys ``weight``, ``normalize`` (running mean/std) and ``clip`` (symmetric
+    bound, applied after normalization) are ours; every other key is an option of
+    the source.
+
+    Raises:
+        RewardError: the spec cannot be read; the message quotes the bad part.
+    """
+    if isinstance(spec, str):
+        return [_parse_term(sign, text) for sign, text in _split_terms(spec)]
+    if isinstance(spec, Mapping):
+        return [_term_from_mapping(name, value) for name, value in spec.items()]
+    if isinstance(spec, Sequence):
+        terms = []
+        for item in spec:
+            if isinstance(item, str):
+                terms.extend(parse_reward_spec(item))
+            elif isinstance(item, Mapping) and "source" in item:
+                item = dict(item)
+                terms.append(_term_from_mapping(item.pop("source"), item))
+            else:
+                raise RewardError(
+                    f"reward spec list items are names or dicts with a 'source' key, got {item!r}"
+                )
+        return terms
+    raise RewardError(f"a reward spec is a string, dict or list, got {type(spec).__name__}")
+
+
+def _split_terms(spec: str) -> list[tuple[float, str]]:
+    """Split at top-level ``+`` and at a ``-`` that stands alone between spaces (names may hold ``-``)."""
+    if not spec.strip():
+        raise RewardError("empty reward spec")
+    parts: list[tuple[float, str]] = []
+    depth, start, sign = 0, 0, 1.0
+    stripped = spec.lstrip()
+    if stripped.startswith("-"):
+        sign, spec = -1.0, stripped[1:]
+    for i, ch in enumerate(spec):
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        is_minus = ch == "-" and spec[i - 1 : i].isspace() and spec[i + 1 : i + 2].isspace()
+        if depth == 0 and (ch == "+" or is_minus):
+            parts.append((sign, spec[start:i]))
+            sign, start = (1.0 if ch == "+" else -1.0), i + 1
+    parts.append((sign, spec[start:]))
+    return parts
+
+
+def _parse_term(sign: float, text: str) -> TermSpec:
+    match = _TERM_RE.match(text.strip())
+    if not match:
+        raise RewardError(
+            f"cannot read reward term {text.strip()!r}: expected NAME, WEIGHT*NAME or NAME(key=value, ...)"
+        )
+    options = _parse_options(match["args"]) if match["args"] else {}
+    weight = sign * float(match["weight"] or 1.0) * float(options.pop("weight", 1.0))
+    return TermSpec(
+        name=match["name"],
+        weight=weight,
+        normalize=bool(options.pop("normalize", False)),
+        clip=_optional_float(options.pop("clip", None)),
+        options=options,
+    )
+
+
+def _parse_options(args: str) -> dict[str, Any]:
+    """Read ``key=value, ...``; values are Python literals, and a bare word is a string."""
+    try:
+        call = ast.parse(f"f({args})", mode="eval").body
+    except SyntaxError as exc:
+        raise RewardError(f"cannot read reward options ({args}): {exc.msg}") from None
+    if call.args:
+        raise RewardError(f"reward options are key=value, got a positional value in ({args})")
+    options = {}
+    for kw in call.keywords:
+        if isinstance(kw.value, ast.Name):
+            options[kw.arg] = kw.value.id
+        else:
+            try:
+                options[kw.arg] = ast.literal_eval(kw.value)
+            except ValueError:
+                raise RewardError(
+                    f"reward option {kw.arg}= must be a literal, got {ast.unparse(kw.value)}"
+                ) from None
+    return options
+
+
+def _term_from_mapping(name: str, value: Any) -> TermSpec:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return TermSpec(name=name, weight=float(value))
+    if isinstance(value, Mapping):
+        options = dict(value)
+        return TermSpec(
+            name=name,
+            weight=float(options.pop("weight", 1.0)),
+            normalize=bool(options.pop("normalize", False)),
+            clip=_optional_float(options.pop("clip", None)),
+            options=options,
+        )
+    raise RewardError(f"reward term {name!r}: expected a weight or a dict of options, got {value!r}")
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+# ------------------------------------------------------------------------ pipeline
+
+
+@dataclass
+class RewardBatch:
+    """The rewards of one batch of finished episodes.
+
+    Attributes:
+        total: (B,) the reward of each episode: weighted terms plus per-token rewards summed.
+        terms: each term's weighted (and normalized) value by name, (B,) each; they sum to ``total``.
+        raw_terms: each term's value as its source returned it (per-token sources: summed).
+        token_rewards: per episode, the (T_i,) weighted per-token rewards of all per-token
+            sources, or None when no source gives per-token rewards.
+    """
+
+    total: np.ndarray
+    terms: dict[str, np.ndarray]
+    raw_terms: dict[str, np.ndarray]
+    token_rewards: list[np.ndarray] | None
+
+
+@dataclass
+class RewardTerm:
+    """A term of the pipeline: a source bound to its options, weight and statistics."""
+
+    key: str
+    source: RewardSource
+    spec: TermSpec
+    call: Callable[[dict[str, Any]], Any]
+    stats: RunningMeanStd = field(default_factory=RunningMeanStd)
+
+
+class RewardPipeline:
+    """Calls every reward source of a spec once per batch and combines the terms."""
+
+    def __init__(self, terms: list[RewardTerm]):
+        if not terms:
+            raise RewardError("a reward pipeline needs at least one term")
+        self.terms = terms
+
+    @classmethod
+    def from_spec(cls, spec: Any, plugin_manager=None) -> RewardPipeline:
+        """Build the pipeline for a reward spec (see :func:`parse_reward_spec`).
+
+        Args:
+            spec: the reward spec, or a ready pipeline (returned as is).
+            plugin_manager: where to look sources up; the process default if None.
+        """
+        if isinstance(spec, RewardPipeline):
+            return spec
+        from textenv.plugin_manager import get_plugin_manager
+
+        pm = plugin_manager or get_plugin_manager()
+        terms: list[RewardTerm] = []
+        for term_spec in parse_reward_spec(spec):
+            source = pm.get_reward_source(term_spec.name)
+            key = term_spec.name
+            while any(t.key == key for t in terms):
+                key += "'"
+            terms.append(RewardTerm(key, source, term_spec, source.bind(term_spec.options)))
+        return cls(terms)
+
+    @property
+    def names(self) -> list[str]:
+        """The term keys, in spec order."""
+        return [t.key for t in self.terms]
+
+    def __call__(
+        self,
+        prompts: list[str],
+        completions: list[str],
+        completion_ids: list[list[int]],
+        terminated: Sequence[bool],
+    ) -> RewardBatch:
+        """Score a batch of finished episodes.
+
+        Raises:
+            RewardError: a source raised, or returned the wrong count, NaN or inf; the
+                message names the source and the offending completion.
+        """
+        context = {
+            "prompts": list(prompts),
+            "completions": list(completions),
+            "completion_ids": [list(ids) for ids in completion_ids],
+            "terminated": [bool(t) for t in terminated],
+        }
+        n = len(context["completions"])
+        total = np.zeros(n, dtype=np.float64)
+        terms, raw_terms = {}, {}
+        token_rewards: list[np.ndarray] | None = None
+        for term in self.terms:
+            values = _call_source(term, context)
+            episode, per_token = _check_result(term.source.name, values, context)
+            if per_token is None:
+                raw_terms[term.key] = episode
+                weighted = term.spec.weight * _normalize_clip(term, episode)
+            else:
+                raw_terms[term.key] = np.array([t.sum() for t in per_token])
+                flat = _normalize_clip(term, np.concatenate(per_token)) * term.spec.weight
+                splits = np.cumsum([len(t) for t in per_token])[:-1]
+                per_token = np.split(flat, splits)
+                if token_rewards is None:
+                    token_rewards = [np.zeros(len(t)) for t in per_token]
+                token_rewards = [acc + t for acc, t in zip(token_rewards, per_token)]
+                weighted = np.array([t.sum() for t in per_token])
+            terms[term.key] = weighted
+            total += weighted
+        return RewardBatch(total, terms, raw_terms, token_rewards)
+
+    def state_dict(self) -> dict[str, dict[str, Any]]:
+        """The running normalization statistics, by term key (for checkpoints)."""
+        return {
+            t.key: {"mean": t.stats.mean.tolist(), "var": t.stats.var.tolist(), "count": t.stats.count}
+            for t in self.terms
+        }
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Any]]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        for t in self.terms:
+            if t.key in state:
+                t.stats.mean = np.asarray(state[t.key]["mean"], dtype=np.float64)
+                t.stats.var = np.asarray(state[t.key]["var"], dtype=np.float64)
+                t.stats.count = float(state[t.key]["count"])
+
+
+def _normalize_clip(term: RewardTerm, values: np.ndarray) -> np.ndarray:
+    if term.spec.normalize and len(values):
+        term.stats.update(values)
+        values = (values - term.stats.mean) / np.sqrt(term.stats.var + 1e-8)
+    if term.spec.clip is not None:
+        values = np.clip(values, -term.spec.clip, term.spec.clip)
+    return values
+
+
+def _call_source(term: RewardTerm, context: dict[str, Any]) -> Any:
+    try:
+        return term.call(context)
+    except Exception as exc:
+        culprit = _find_failing_item(term, context)
+        where = f" on completion {culprit}" if culprit is not None else ""
+        raise RewardError(
+            f"reward source {term.source.name!r} ({term.source.origin or 'unknown origin'}) "
+            f"raised {type(exc).__name__}: {exc}{where}"
+        ) from exc
+
+
+def _find_failing_item(term: RewardTerm, context: dict[str, Any]) -> str | None:
+    """Call the source on one item at a time to name the first one that raises."""
+    for i in range(len(context["completions"])):
+        single = {k: v[i : i + 1] for k, v in context.items()}
+        try:
+            term.call(single)
+        except Exception:
+            return _describe_item(i, context)
+    return None
+
+
+def _describe_item(i: int, context: dict[str, Any]) -> str:
+    text = context["completions"][i]
+    shown = text if len(text) <= 60 else text[:57] + "..."
+    return f"#{i} {shown!r}"
+
+
+def _check_result(
+    name: str, values: Any, context: dict[str, Any]
+) -> tuple[np.ndarray, list[np.ndarray] | None]:
+    """Return (episode values, None) or (None, per-token arrays), or raise naming the source."""
+    n = len(context["completions"])
+    if values is None or isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+        raise RewardError(
+            f"reward source {name!r} must return a sequence of {n} floats, got {type(values).__name__}"
+        )
+    if len(values) != n:
+        raise RewardError(f"reward source {name!r} returned {len(values)} values for {n} completions")
+    if n and all(isinstance(v, (int, float, np.number)) or _is_scalar_array(v) for v in values):
+        episode = np.asarray(values, dtype=np.float64).reshape(n)
+        _check_finite(name, episode, context)
+        return episode, None
+    per_token = []
+    for i, row in enumerate(values):
+        try:
+            row = np.asarray(row, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise RewardError(
+                f"reward source {name!r} returned {row!r} for completion {_describe_item(i, context)}; "
+                "expected a float (or one float per token)"
+            ) from None
+        expected = len(context["completion_ids"][i])
+        if len(row) != expected:
+            raise RewardError(
+                f"reward source {name!r} returned {len(row)} per-token rewards for completion "
+                f"{_describe_item(i, context)}, which has {expected} tokens"
+            )
+        bad = ~np.isfinite(row)
+        if bad.any():
+            raise RewardError(
+                f"reward source {name!r} returned {row[bad][0]} at token {int(np.argmax(bad))} "
+                f"of completion {_describe_item(i, context)}"
+            )
+        per_token.append(row)
+    return np.zeros(n), per_token
+
+
+def _is_scalar_array(value: Any) -> bool:
+    """A 0-d numpy array or torch tensor counts as a float."""
+    return getattr(value, "ndim", None) == 0
+
+
+def _check_finite(name: str, values: np.ndarray, context: dict[str, Any]) -> None:
+    bad = np.flatnonzero(~np.isfinite(values))
+    if len(bad):
+        i = int(bad[0])
+        raise RewardError(
+            f"reward source {name!r} returned {values[i]} for completion {_describe_item(i, context)}"
+        )
+
