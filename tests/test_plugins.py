@@ -1,0 +1,173 @@
+"""The plugin manager: built-ins, plugins in tests, the decorator, entry points, broken plugins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import gymnasium as gym
+import pytest
+
+import textenv
+from textenv.plugin_manager import PluginError, make_plugin_manager
+from textenv.rewards import RewardError, RewardPipeline
+
+BUILTIN_SOURCES = ["keyword", "length", "repetition", "sentiment"]
+
+
+def test_builtins_are_plugins_of_the_same_manager(pm):
+    sources = pm.reward_sources()
+    assert list(sources) == BUILTIN_SOURCES
+    assert {s.origin for s in sources.values()} == {"built-in"}
+    assert all(s.description for s in sources.values())
+    assert pm.get_reward_source("python:textenv.plugins.length:length").fn.__name__ == "length"
+
+
+def test_a_plugin_class_adds_sources_and_prompt_sets(pm):
+    class Shouting:
+        @textenv.hookimpl
+        def textenv_reward_sources(self):
+            return [textenv.RewardSource("shout", lambda completions: [c.count("!") for c in completions])]
+
+        @textenv.hookimpl
+        def textenv_prompt_sets(self):
+            return {"greetings": ["hi", "hello"]}
+
+    pm.register_plugin(Shouting(), "shouting", "test")
+    assert pm.reward_sources()["shout"].origin == "test"
+    assert pm.prompt_sets()["greetings"] == ["hi", "hello"]
+    batch = RewardPipeline.from_spec("shout", pm)(["p"], ["wow!!"], [[1]], [True])
+    assert batch.total.tolist() == [2.0]
+
+
+def test_a_plugin_that_raises_is_named(pm):
+    class Broken:
+        @textenv.hookimpl
+        def textenv_reward_sources(self):
+            raise KeyError("missing config")
+
+    pm.register_plugin(Broken(), "broken-plugin", "entry point 'broken' (brokenpkg 0.1)")
+    with pytest.raises(PluginError, match=r"plugin 'broken-plugin' \(entry point 'broken' \(brokenpkg 0.1\)\) "
+                                          r"failed in textenv_reward_sources: KeyError"):
+        pm.reward_sources()
+
+
+def test_a_hook_typo_or_a_wrong_return_is_named(pm):
+    class Typo:
+        @textenv.hookimpl
+        def textenv_reward_source(self):  # missing s
+            return []
+
+    with pytest.raises(PluginError, match=r"plugin 'typo' \(test\) is invalid.*textenv_reward_source"):
+        pm.register_plugin(Typo(), "typo", "test")
+
+    class WrongType:
+        @textenv.hookimpl
+        def textenv_reward_sources(self):
+            return [lambda completions: [0.0]]
+
+    pm.register_plugin(WrongType(), "wrong", "test")
+    with pytest.raises(PluginError, match=r"plugin 'wrong' \(test\) returned .* expected textenv.RewardSource"):
+        pm.reward_sources()
+
+
+def test_two_plugins_with_one_name_is_an_error(pm):
+    class Again:
+        @textenv.hookimpl
+        def textenv_reward_sources(self):
+            return [textenv.RewardSource("sentiment", lambda completions: [0.0] * len(completions))]
+
+    pm.register_plugin(Again(), "again", "script again.py")
+    with pytest.raises(PluginError, match=r"'sentiment' is provided twice: by script again.py and by built-in"):
+        pm.reward_sources()
+
+
+def test_the_decorator_registers_a_script_function(fresh_default_pm, tiny_options, byte_id):
+    @textenv.reward
+    def exclaim(completions):
+        """Counts exclamation marks."""
+        return [float(c.count("!")) for c in completions]
+
+    source = fresh_default_pm.reward_sources()["exclaim"]
+    assert source.origin.startswith("script ") and "test_plugins.py:" in source.origin
+    assert source.description == "Counts exclamation marks."
+    assert exclaim.reward_source.name == "exclaim"
+
+    env = gym.make("textenv/TextGen-v0", **{**tiny_options, "reward": "exclaim + 0*length"})
+    env.reset(seed=0)
+    env.step(byte_id("!"))
+    *_, info = env.step(1)
+    assert info["reward_terms"]["exclaim"] == 1.0
+
+    with pytest.raises(PluginError, match="'length' is provided twice"):
+        textenv.reward(name="length")(lambda completions: [0.0])
+    assert "script:length" not in dict(fresh_default_pm.list_name_plugin())
+
+
+def test_python_function_source(pm, tmp_path):
+    script = tmp_path / "my_rewards.py"
+    script.write_text("def vowels(completions):\n    return [sum(c in 'aeiou' for c in t) for t in completions]\n")
+    batch = RewardPipeline.from_spec(f"python:{script}:vowels", pm)(["p"], ["banana"], [[1]], [True])
+    assert batch.total.tolist() == [3.0]
+    with pytest.raises(RewardError, match="cannot import no_such_module"):
+        pm.get_reward_source("python:no_such_module:fn")
+    with pytest.raises(RewardError, match="has no function 'nope'"):
+        pm.get_reward_source(f"python:{script}:nope")
+    with pytest.raises(RewardError, match="expected python:MODULE:FUNCTION"):
+        pm.get_reward_source("python:justamodule")
+
+
+# ------------------------------------------------------------------ entry points
+
+
+def make_distribution(root, *, body: str, name: str = "textenv-demo-plugin") -> None:
+    """A throwaway installed distribution: a module and a dist-info with a textenv entry point."""
+    module = name.replace("-", "_")
+    (root / f"{module}.py").write_text(textwrap.dedent(body))
+    info = root / f"{module}-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[textenv]\ndemo = {module}\n")
+
+
+PLUGIN_BODY = """
+    import textenv
+
+    def politeness(completions):
+        '''1 when the completion says please.'''
+        return [float("please" in c.lower()) for c in completions]
+
+    @textenv.hookimpl
+    def textenv_reward_sources():
+        return [textenv.RewardSource("politeness", politeness)]
+"""
+
+
+def test_an_installed_entry_point_is_loaded(tmp_path, monkeypatch):
+    make_distribution(tmp_path, body=PLUGIN_BODY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    source = make_plugin_manager(autoload=True).reward_sources()["politeness"]
+    assert source.origin == "entry point 'demo' (textenv-demo-plugin 1.0)"
+    monkeypatch.setenv("TEXTENV_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert "politeness" not in make_plugin_manager().reward_sources()
+
+
+def test_an_entry_point_that_fails_to_import_is_named(tmp_path, monkeypatch):
+    make_distribution(tmp_path, body="import no_such_dependency\n", name="textenv-broken-plugin")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginError, match=r"plugin 'demo' from textenv-broken-plugin 1.0 failed to load "
+                                          r"\(textenv_broken_plugin\): ModuleNotFoundError"):
+        make_plugin_manager(autoload=True)
+
+
+def test_cli_lists_the_critics_and_an_installed_plugin(tmp_path):
+    make_distribution(tmp_path, body=PLUGIN_BODY)
+    out = subprocess.run(
+        [sys.executable, "-m", "textenv.cli", "plugins"], capture_output=True, text=True, check=True,
+        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    ).stdout
+    for name in [*BUILTIN_SOURCES, "python:MODULE:FUNCTION", "politeness", "movie-reviews"]:
+        assert name in out
+    assert "from entry point 'demo' (textenv-demo-plugin 1.0)" in out
+    assert "from built-in" in out

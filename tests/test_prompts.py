@@ -1,0 +1,46 @@
+"""Prompt sources and their errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from textenv.prompts import PromptError, load_prompts
+
+
+def test_list_text_jsonl_and_named_set(tmp_path):
+    assert load_prompts(["a", "b"]) == ["a", "b"]
+    txt = tmp_path / "p.txt"
+    txt.write_text("first\n\nsecond line\n")
+    assert load_prompts(txt) == ["first", "second line"]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "one"}\n\n"two"\n{"prompt": "three", "id": 3}\n')
+    assert load_prompts(str(jsonl)) == ["one", "two", "three"]
+    movie = load_prompts("movie-reviews")
+    assert len(movie) >= 40 and "This movie was" in movie
+
+
+def test_malformed_jsonl_gives_path_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"prompt": "ok"}\n{"prompt": "unterminated\n')
+    with pytest.raises(PromptError, match=rf"{path}:2: not valid JSON"):
+        load_prompts(path)
+    path.write_text('{"prompt": "ok"}\n\n{"text": "no prompt field"}\n')
+    with pytest.raises(PromptError, match=rf'{path}:3: expected {{"prompt": "..."}}'):
+        load_prompts(path)
+
+
+@pytest.mark.parametrize("source, message", [
+    ("no-such-set", "neither a file nor a prompt set; prompt sets: movie-reviews"),
+    ("missing.txt", "missing.txt: no such prompt file"),
+    ([], "no prompts"),
+    (["ok", 3], "prompt #1 is int"),
+])
+def test_bad_sources(source, message):
+    with pytest.raises(PromptError, match=message):
+        load_prompts(source)
+
+
+def test_empty_file(tmp_path):
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(PromptError, match="no prompts"):
+        load_prompts(tmp_path / "empty.txt")

@@ -1,0 +1,144 @@
+"""Reward specs, the pipeline's weights and normalization, and every error path of a source."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import textenv
+from textenv.rewards import RewardError, RewardPipeline, RewardSource, TermSpec, parse_reward_spec
+
+CONTEXT = dict(
+    prompts=["p0", "p1"],
+    completions=["a great day", "awful awful awful"],
+    completion_ids=[[1, 2, 3], [4, 5]],
+    terminated=[True, False],
+)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("sentiment", [TermSpec("sentiment")]),
+        ("sentiment + 0.5*length", [TermSpec("sentiment"), TermSpec("length", 0.5)]),
+        ("2 * sentiment - repetition", [TermSpec("sentiment", 2.0), TermSpec("repetition", -1.0)]),
+        ("-length", [TermSpec("length", -1.0)]),
+        ("length(target=20, unit=words)", [TermSpec("length", options={"target": 20, "unit": "words"})]),
+        ("keyword(include=['a', 'b'], weight=3)", [TermSpec("keyword", 3.0, options={"include": ["a", "b"]})]),
+        ("sentiment(normalize=True, clip=2.5)", [TermSpec("sentiment", normalize=True, clip=2.5)]),
+        ("python:my-pkg.mod:fn + length", [TermSpec("python:my-pkg.mod:fn"), TermSpec("length")]),
+        ({"sentiment": 1.0, "length": {"weight": 0.5, "target": 9}},
+         [TermSpec("sentiment"), TermSpec("length", 0.5, options={"target": 9})]),
+        (["sentiment", {"source": "length", "weight": 0.25, "normalize": True}],
+         [TermSpec("sentiment"), TermSpec("length", 0.25, normalize=True)]),
+    ],
+)
+def test_parse_reward_spec(spec, expected):
+    assert parse_reward_spec(spec) == expected
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("", "empty reward spec"),
+    ("0.5*", "cannot read reward term"),
+    ("sentiment(3)", "key=value"),
+    ("length(target=foo())", "must be a literal"),
+    ({"length": "heavy"}, "expected a weight or a dict"),
+    ([3], "names or dicts"),
+    (3.5, "string, dict or list"),
+])
+def test_bad_specs_say_what_is_wrong(spec, message):
+    with pytest.raises(RewardError, match=message):
+        parse_reward_spec(spec)
+
+
+def test_weights_sum_into_the_total(pm):
+    pipeline = RewardPipeline.from_spec("2*sentiment - 0.5*length(target=2)", pm)
+    batch = pipeline(**CONTEXT)
+    raw_sent = np.array(batch.raw_terms["sentiment"])
+    assert raw_sent[0] > 0.5 > -0.5 > raw_sent[1]  # VADER: "great" vs "awful"
+    np.testing.assert_allclose(batch.terms["sentiment"], 2 * raw_sent)
+    # lengths in tokens, EOS (terminated) not counted: 2 and 2 tokens vs target 2
+    np.testing.assert_allclose(batch.raw_terms["length"], [0.0, 0.0])
+    np.testing.assert_allclose(batch.total, batch.terms["sentiment"] + batch.terms["length"])
+    assert batch.token_rewards is None
+
+
+def test_running_normalization_and_clipping(pm):
+    source = RewardSource("value", lambda completions: [float(len(c)) for c in completions])
+    pm.register_plugin(_plugin(source), "values", "test")
+    pipeline = RewardPipeline.from_spec("value(normalize=True, clip=0.9)", pm)
+    first = pipeline(**CONTEXT)
+    # two values [11, 17]: after normalization they are -1 and +1, clipped to 0.9
+    np.testing.assert_allclose(first.terms["value"], [-0.9, 0.9], atol=1e-3)
+    state = pipeline.state_dict()
+    restored = RewardPipeline.from_spec("value(normalize=True)", pm)
+    restored.load_state_dict(state)
+    assert restored.terms[0].stats.mean == pytest.approx(14.0, rel=1e-3)
+
+
+def test_per_token_rewards_are_summed_and_kept(pm):
+    def shaping(completion_ids):
+        return [[0.1 * (t + 1) for t in range(len(ids))] for ids in completion_ids]
+
+    pm.register_plugin(_plugin(RewardSource("shaping", shaping)), "shaping", "test")
+    batch = RewardPipeline.from_spec("sentiment + 2*shaping", pm)(**CONTEXT)
+    np.testing.assert_allclose(batch.token_rewards[0], [0.2, 0.4, 0.6])
+    np.testing.assert_allclose(batch.token_rewards[1], [0.2, 0.4])
+    np.testing.assert_allclose(batch.terms["shaping"], [1.2, 0.6])
+    np.testing.assert_allclose(batch.total, batch.terms["sentiment"] + [1.2, 0.6])
+
+
+def _plugin(source):
+    class Plugin:
+        @textenv.hookimpl
+        def textenv_reward_sources(self):
+            return [source]
+
+    return Plugin()
+
+
+@pytest.mark.parametrize("fn, message", [
+    (lambda completions: [0.0, math.nan], r"returned nan for completion #1 'awful awful awful'"),
+    (lambda completions: [math.inf, 0.0], r"returned inf for completion #0 'a great day'"),
+    (lambda completions: [1.0], r"returned 1 values for 2 completions"),
+    (lambda completions: None, r"must return a sequence of 2 floats"),
+    (lambda completions: ["x", "y"], r"returned 'x' for completion #0"),
+    (lambda completion_ids: [[0.0] * len(i) for i in completion_ids][:1] + [[0.0]],
+     r"returned 1 per-token rewards for completion #1 .* which has 2 tokens"),
+    (lambda completion_ids: [[0.0, math.nan, 0.0], [0.0, 0.0]], r"returned nan at token 1 of completion #0"),
+])
+def test_a_bad_result_names_the_source_and_the_item(pm, fn, message):
+    pm.register_plugin(_plugin(RewardSource("broken", fn)), "broken-plugin", "test")
+    pipeline = RewardPipeline.from_spec("sentiment + broken", pm)
+    with pytest.raises(RewardError, match=rf"reward source 'broken'.*{message}"):
+        pipeline(**CONTEXT)
+
+
+def test_a_source_that_raises_is_named_with_the_failing_completion(pm):
+    def fragile(completions):
+        return [1.0 / (len(c) - len("a great day")) if c != "a great day" else 1 / 0 for c in completions]
+
+    pm.register_plugin(_plugin(RewardSource("fragile", fragile)), "fragile-plugin", "script x.py")
+    pipeline = RewardPipeline.from_spec("fragile", pm)
+    with pytest.raises(RewardError, match=r"'fragile' \(script x.py\) raised ZeroDivisionError.*#0 'a great day'"):
+        pipeline(**CONTEXT)
+
+
+def test_unknown_source_lists_the_known_ones_and_a_close_match(pm):
+    with pytest.raises(RewardError, match=r"unknown reward source 'sentimnet' \(did you mean 'sentiment'\?\)"
+                                          r".*keyword, length, repetition, sentiment"):
+        RewardPipeline.from_spec("sentimnet", pm)
+
+
+def test_unknown_option_lists_the_options(pm):
+    with pytest.raises(RewardError, match=r"'length' has no option 'tagret'; its options are: target, unit"):
+        RewardPipeline.from_spec("length(tagret=3)", pm)
+
+
+def test_the_same_source_twice_gets_two_keys(pm):
+    pipeline = RewardPipeline.from_spec("sentiment + sentiment(target=negative)", pm)
+    batch = pipeline(**CONTEXT)
+    assert pipeline.names == ["sentiment", "sentiment'"]
+    np.testing.assert_allclose(batch.total, 0.0, atol=1e-12)
