@@ -120,3 +120,20 @@ def test_default_model_env_passes_both_checkers():
     obs, info = env.reset(seed=0)
     assert info["prompt"] in env.unwrapped.task.prompts
     assert np.all(obs["input_ids"] < 49152)
+
+
+def test_per_token_rewards_reach_info_and_the_reward(fresh_default_pm, tiny_options, byte_id):
+    @textenv.reward
+    def vowel_tokens(completions, completion_ids):
+        """+1 on each vowel token: a per-token (shaping) source."""
+        vowels = {byte_id(v) for v in "aeiou"}
+        return [[float(t in vowels) for t in ids] for ids in completion_ids]
+
+    env = gym.make("textenv/TextGen-v0", **{**tiny_options, "reward": "0.5*vowel_tokens"})
+    env.reset(seed=0)
+    for char in "bab":
+        env.step(byte_id(char))
+    _, reward, terminated, _, info = env.step(1)
+    assert terminated
+    np.testing.assert_allclose(info["token_rewards"], [0.0, 0.5, 0.0, 0.0])
+    assert reward == pytest.approx(0.5) and info["reward_terms"]["vowel_tokens"] == pytest.approx(0.5)
