@@ -27,6 +27,7 @@ CONTEXT = dict(
         ("-length", [TermSpec("length", -1.0)]),
         ("length(target=20, unit=words)", [TermSpec("length", options={"target": 20, "unit": "words"})]),
         ("keyword(include=['a', 'b'], weight=3)", [TermSpec("keyword", 3.0, options={"include": ["a", "b"]})]),
+        ("keyword(include=[good, great])", [TermSpec("keyword", options={"include": ["good", "great"]})]),
         ("sentiment(normalize=True, clip=2.5)", [TermSpec("sentiment", normalize=True, clip=2.5)]),
         ("python:my-pkg.mod:fn + length", [TermSpec("python:my-pkg.mod:fn"), TermSpec("length")]),
         ({"sentiment": 1.0, "length": {"weight": 0.5, "target": 9}},

@@ -30,6 +30,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_demo)
 
+    p = sub.add_parser("train", help="train a model with PPO in the env (the main job)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="local path, hub id or smollm2-135m (default)")
+    p.add_argument("--prompts", default=DEFAULT_PROMPTS, help="prompt set name, .txt or .jsonl file")
+    p.add_argument("--reward", default=DEFAULT_REWARD, help="reward spec, e.g. 'sentiment + repetition'")
+    p.add_argument("--iterations", type=int, default=8, help="PPO iterations (of --batch-size episodes)")
+    p.add_argument("--batch-size", type=int, default=16, help="episodes per iteration")
+    p.add_argument("--mini-batch-size", type=int, default=8)
+    p.add_argument("--ppo-epochs", type=int, default=4)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: PPOConfig's)")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--advantage", choices=["gae", "rloo", "grpo"], default="gae")
+    p.add_argument("--eval-prompts", type=int, default=8, help="prompts scored before and after training")
+    p.add_argument("--output-dir", default="runs/textenv", help="TensorBoard events, samples, checkpoints, reward curve")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="a checkpoint directory, or a run directory (its latest checkpoint)")
+    p.set_defaults(run=_train)
+
     args = parser.parse_args(argv)
     from textenv.plugin_manager import PluginError
     from textenv.prompts import PromptError
@@ -92,6 +112,12 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\n{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.1f} tokens/s); "
           f"mean reward {episodes.rewards.mean():+.3f}")
     return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from textenv.train import run_training
+
+    return run_training(args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,19 +50,34 @@ class Episodes:
     Attributes:
         prompts: (N,) prompt texts.
         completions: (N,) completion texts.
-        rewards: (N,) total reward per episode.
+        rewards: (N,) total reward per episode (episode-level terms plus per-token rewards).
         reward_terms: each term's (N,) values by name.
+        prompt_ids: (N, P) the prompts, left-padded.
+        prompt_mask: (N, P) 1 for real prompt tokens.
         completion_ids: (N, T) the sampled tokens (pad after the episode ended).
         completion_mask: (N, T) 1 for the tokens of the episode.
+        logprobs: (N, T) log-probability of each sampled token under the sampling
+            model's temperature-scaled distribution (before top-k/top-p), 0 past the end.
+        token_rewards: (N, T) per-token rewards from sources that give them (zeros if none).
+        values: (N, T) the value head's estimate before each token, if one was given.
     """
 
     prompts: list[str]
     completions: list[str]
     rewards: np.ndarray
     reward_terms: dict[str, np.ndarray]
+    prompt_ids: torch.Tensor
+    prompt_mask: torch.Tensor
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
-    extra: dict[str, Any] = field(default_factory=dict)
+    logprobs: torch.Tensor
+    token_rewards: torch.Tensor
+    values: torch.Tensor | None = None
+
+    @property
+    def scores(self) -> np.ndarray:
+        """(N,) the episode-level part of the reward (the total less the per-token rewards)."""
+        return self.rewards - self.token_rewards.sum(1).cpu().double().numpy()
 
 
 @torch.no_grad()
@@ -71,8 +87,10 @@ def generate_episodes(
     *,
     sampling: SamplingConfig = SamplingConfig(),
     seed: int | None = None,
+    generator: torch.Generator | None = None,
     prompts: list[str] | None = None,
     progress: bool = False,
+    value_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> Episodes:
     """Run one episode in every row of ``env`` with ``model`` choosing the tokens.
 
@@ -84,38 +102,46 @@ def generate_episodes(
         env: a vector env in ``"Disabled"`` autoreset mode (rows freeze when they end).
         sampling: temperature, top-k and top-p.
         seed: seeds the env's prompt draw and the sampling.
+        generator: draws the samples (its state advances); made from ``seed`` if None.
         prompts: one prompt per row instead of drawing from the prompt set.
         progress: show a progress bar over the generated tokens.
+        value_head: maps the last hidden state (N, H) to values (N,); when given, the
+            values of every step are returned (from the same forward as the logits).
     """
     if env.autoreset_mode != AutoresetMode.DISABLED:
         raise ValueError("generate_episodes needs an env with autoreset_mode='Disabled'")
-    generator = torch.Generator(device=env.device)
-    if seed is not None:
-        generator.manual_seed(seed)
-    else:
-        generator.seed()
+    if generator is None:
+        generator = torch.Generator(device=env.device)
+        if seed is not None:
+            generator.manual_seed(seed)
+        else:
+            generator.seed()
     obs, _ = env.reset(seed=seed, options=None if prompts is None else {"prompts": prompts})
-    width, limit = env.task.prompt_width, env.task.max_new_tokens
-    attention = obs["attention_mask"][:, :width]  # (N, P)
+    n, width, limit = env.num_envs, env.task.prompt_width, env.task.max_new_tokens
+    prompt_ids, attention = obs["input_ids"][:, :width], obs["attention_mask"][:, :width]  # (N, P)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (N, P)
-    inputs, cache = obs["input_ids"][:, :width], None
+    inputs, cache = prompt_ids, None
     warpers = sampling.warpers()
-    done = torch.zeros(env.num_envs, dtype=torch.bool, device=env.device)
-    ended_info: dict[str, Any] = {"prompt": [None] * env.num_envs, "completion": [None] * env.num_envs}
-    rewards = np.zeros(env.num_envs)
-    terms: dict[str, np.ndarray] = {name: np.zeros(env.num_envs) for name in env.task.rewards.names}
+    temperature = sampling.temperature or 1.0
+    logprobs = torch.zeros(n, limit, device=env.device)  # (N, T)
+    values = torch.zeros(n, limit, device=env.device) if value_head is not None else None
+    done = torch.zeros(n, dtype=torch.bool, device=env.device)
+    ended = _Ended(n, limit, env.task.rewards.names)
     bar = tqdm(total=limit, desc="generating", unit="tok", disable=not progress, leave=False)
-    for _ in range(limit):
+    for t in range(limit):
         out = model(
-            input_ids=inputs, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True
+            input_ids=inputs, attention_mask=attention, position_ids=positions, cache=cache,
+            use_cache=True, output_hidden_states=value_head is not None,
         )
         cache = out.cache
-        logits = out.logits[:, -1, :].float()  # (N, V)
-        logits = logits[:, : env.task.vocab_size]
+        logits = out.logits[:, -1, : env.task.vocab_size].float() / temperature  # (N, V)
         actions = _sample(warpers(None, logits), sampling, generator)  # (N,)
+        logprobs[:, t] = torch.log_softmax(logits, -1).gather(1, actions[:, None]).squeeze(1) * ~done
+        if value_head is not None:
+            values[:, t] = value_head(out.hidden_states[-1][:, -1]).float() * ~done  # (N,)
         _, reward, terminated, truncated, info = env.step(actions)
         if "completion" in info:
-            _collect(info, ended_info, rewards, terms, reward)
+            ended.collect(info, reward)
         done |= terminated | truncated
         bar.update(1)
         if bool(done.all()):
@@ -125,7 +151,12 @@ def generate_episodes(
         positions = positions[:, -1:] + 1  # (N, 1)
     bar.close()
     ids, mask = env.completion_tokens()  # (N, T) each
-    return Episodes(ended_info["prompt"], ended_info["completion"], rewards, terms, ids, mask)
+    return Episodes(
+        prompts=ended.prompts, completions=ended.completions, rewards=ended.rewards,
+        reward_terms=ended.terms, prompt_ids=prompt_ids, prompt_mask=attention[:, :width],
+        completion_ids=ids, completion_mask=mask, logprobs=logprobs,
+        token_rewards=ended.token_rewards.to(env.device), values=values,
+    )
 
 
 def _sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
@@ -135,11 +166,25 @@ def _sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Gen
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
 
 
-def _collect(info: dict, ended: dict, rewards: np.ndarray, terms: dict, reward: torch.Tensor) -> None:
-    rows = np.flatnonzero(info["_completion"])
-    for i in rows:
-        ended["prompt"][i] = info["prompt"][i]
-        ended["completion"][i] = info["completion"][i]
-    rewards[rows] = reward.cpu().numpy()[rows]
-    for name, values in terms.items():
-        values[rows] = info["reward_terms"][name][rows]
+class _Ended:
+    """Gathers what the env reports for each row when its episode ends."""
+
+    def __init__(self, n: int, limit: int, names: list[str]):
+        self.prompts: list[str] = [""] * n
+        self.completions: list[str] = [""] * n
+        self.rewards = np.zeros(n)
+        self.terms = {name: np.zeros(n) for name in names}
+        self.token_rewards = torch.zeros(n, limit)  # (N, T)
+
+    def collect(self, info: dict[str, Any], reward: torch.Tensor) -> None:
+        rows = np.flatnonzero(info["_completion"])
+        reward = reward.cpu().numpy()
+        for i in rows:
+            self.prompts[i] = info["prompt"][i]
+            self.completions[i] = info["completion"][i]
+            self.rewards[i] = reward[i]
+            if "token_rewards" in info:
+                per_token = torch.as_tensor(info["token_rewards"][i], dtype=torch.float32)
+                self.token_rewards[i, : len(per_token)] = per_token
+        for name, values in self.terms.items():
+            values[rows] = info["reward_terms"][name][rows]

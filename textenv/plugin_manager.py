@@ -219,3 +219,8 @@ def reward(fn: Callable | None = None, *, name: str | None = None, description: 
         return fn
 
     return register(fn) if fn is not None else register
+
+
+def unregister_reward(name: str) -> None:
+    """Remove a source registered with :func:`reward` from the process-wide manager (tests, notebooks)."""
+    get_plugin_manager().unregister(name=f"script:{name}")

@@ -182,7 +182,7 @@ def _parse_term(sign: float, text: str) -> TermSpec:
 
 
 def _parse_options(args: str) -> dict[str, Any]:
-    """Read ``key=value, ...``; values are Python literals, and a bare word is a string."""
+    """Read ``key=value, ...``; values are Python literals, where a bare word is a string."""
     try:
         call = ast.parse(f"f({args})", mode="eval").body
     except SyntaxError as exc:
@@ -191,16 +191,21 @@ def _parse_options(args: str) -> dict[str, Any]:
         raise RewardError(f"reward options are key=value, got a positional value in ({args})")
     options = {}
     for kw in call.keywords:
-        if isinstance(kw.value, ast.Name):
-            options[kw.arg] = kw.value.id
-        else:
-            try:
-                options[kw.arg] = ast.literal_eval(kw.value)
-            except ValueError:
-                raise RewardError(
-                    f"reward option {kw.arg}= must be a literal, got {ast.unparse(kw.value)}"
-                ) from None
+        value = _BareWordsAsStrings().visit(kw.value)
+        try:
+            options[kw.arg] = ast.literal_eval(value)
+        except ValueError:
+            raise RewardError(
+                f"reward option {kw.arg}= must be a literal, got {ast.unparse(kw.value)}"
+            ) from None
     return options
+
+
+class _BareWordsAsStrings(ast.NodeTransformer):
+    """``include=[good, great]`` reads as ``include=["good", "great"]``."""
+
+    def visit_Name(self, node: ast.Name) -> ast.Constant:
+        return ast.copy_location(ast.Constant(node.id), node)
 
 
 def _term_from_mapping(name: str, value: Any) -> TermSpec:

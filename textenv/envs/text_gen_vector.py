@@ -64,7 +64,8 @@ class TextGenVectorEnv(VectorEnv):
         if num_envs < 1:
             raise ValueError(f"num_envs must be at least 1, got {num_envs}")
         if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+            # TypeError, as for an unexpected argument: SB3's make_vec_env retries without it
+            raise TypeError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.task = task if task is not None else TextTask.build(**task_options)
         self.num_envs = num_envs
         self.device = torch.device(device)

@@ -1,0 +1,522 @@
+"""Token-level PPO for causal language models in a textenv environment.
+
+One iteration: sample ``batch_size`` episodes in the batched env (the policy keeps
+its KV cache, log-probs and values come from the rollout's own forward passes) →
+reference log-probs in one batched forward → per-token KL penalty, the episode
+score at the last token, per-token rewards from sources → GAE (or a critic-free
+group baseline) → ``ppo_epochs`` passes of clipped PPO over mini-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from stable_baselines3.common.running_mean_std import RunningMeanStd
+from tqdm.auto import tqdm
+
+from textenv.agents.policy import ActorCritic, autocast, frozen_copy, resolve_device, use_bf16
+from textenv.agents.ppo_config import PPOConfig
+from textenv.agents.ppo_math import (
+    AdaptiveKLController,
+    FixedKLController,
+    compute_gae,
+    entropy_from_logits,
+    group_advantages,
+    kl_penalty,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
+from textenv.agents.run_log import RunLog, plot_reward_curve
+from textenv.envs.task import TextTask
+from textenv.envs.text_gen_vector import TextGenVectorEnv
+from textenv.generation import Episodes, SamplingConfig, generate_episodes
+from textenv.models import load_causal_lm
+
+STATE_FILE = "trainer_state.json"
+
+
+class TrainingError(RuntimeError):
+    """Training stopped on a non-finite loss or gradient; the message says where the last good checkpoint is."""
+
+
+@dataclasses.dataclass
+class Batch:
+    """One iteration's rollout, ready for the PPO epochs (all tensors on the agent's device).
+
+    Attributes:
+        input_ids: (B, L) prompt then completion.
+        attention_mask: (B, L).
+        tokens: (B, T) the completion tokens.
+        mask: (B, T) 1.0 for the episode's tokens.
+        logprobs: (B, T) the rollout policy's log-probs of the tokens.
+        values: (B, T) its values (zeros without a value head).
+        advantages: (B, T).
+        returns: (B, T) the value targets.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> Batch:
+        """The sub-batch of the given rows."""
+        return Batch(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+
+class PPO:
+    """Token-level PPO with a value head, a KL penalty to a frozen reference, and SB3's API.
+
+    Example::
+
+        env = gym.make("textenv/TextGen-v0", reward="sentiment")
+        agent = PPO(env, batch_size=16, run_dir="runs/demo")
+        agent.learn(total_episodes=320)
+        agent.save("runs/demo/final")
+        print(agent.generate(["This movie was"]))
+    """
+
+    def __init__(self, env: Any, model: torch.nn.Module | None = None, **options: Any):
+        """Create the agent.
+
+        Args:
+            env: a textenv env (``gym.make("textenv/TextGen-v0", ...)``, a vector env, or
+                a wrapper of either); the agent samples its own batched copy of the task.
+            model: the causal LM to train; by default the env's ``model`` is loaded.
+            **options: :class:`PPOConfig` fields.
+        """
+        self.config = PPOConfig.from_options(options)
+        self._setup(env, model, reference=None)
+
+    def _setup(self, env: Any, model: torch.nn.Module | None, reference: torch.nn.Module | None) -> None:
+        cfg = self.config
+        self.task = _task_of(env)
+        self.device = resolve_device(cfg.device)
+        self.bf16 = use_bf16(self.device, cfg.precision)
+        self.env = TextGenVectorEnv(cfg.batch_size, task=self.task, device=self.device, autoreset_mode="Disabled")
+        if model is None:
+            if self.task.model_name is None:
+                raise ValueError("the env was built from a tokenizer only: give PPO a model=")
+            model = load_causal_lm(self.task.model_name, device=self.device, dtype=torch.float32)
+        model = model.to(self.device).float()
+        self.reference = reference.to(self.device) if reference is not None else frozen_copy(model)
+        self.policy = ActorCritic(
+            model, with_value_head=cfg.uses_value_head, separate_value_model=cfg.value_model == "separate"
+        ).to(self.device)
+        self.policy.lm.config.use_cache = True
+        self.optimizer = torch.optim.Adam(
+            [p for p in self.policy.parameters() if p.requires_grad], lr=cfg.learning_rate, eps=cfg.adam_eps
+        )
+        self.kl_ctl = (
+            AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+            if cfg.adaptive_kl
+            else FixedKLController(cfg.init_kl_coef)
+        )
+        self.score_stats = RunningMeanStd()
+        self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+        self.prompt_rng = np.random.default_rng(cfg.seed)
+        self.sample_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        self.shuffle_generator = torch.Generator().manual_seed(cfg.seed + 1)
+        self.num_iterations = 0
+        self.num_episodes = 0
+        self.history: list[dict[str, float]] = []
+        self.run = RunLog(cfg.run_dir) if cfg.run_dir else None
+
+    # ------------------------------------------------------------------ training
+
+    def learn(self, total_episodes: int, *, reset_num_episodes: bool = True) -> PPO:
+        """Train for ``total_episodes`` more episodes (or, with ``reset_num_episodes=False``,
+        until the run has seen ``total_episodes`` in all, as when resuming).
+
+        A first Ctrl-C finishes the current iteration, saves a checkpoint and returns;
+        a second one aborts at once.
+
+        Raises:
+            TrainingError: a non-finite loss or gradient (a checkpoint of the last good
+                weights is written first when there is a run directory).
+        """
+        target = self.num_episodes + total_episodes if reset_num_episodes else total_episodes
+        iterations = max(0, math.ceil((target - self.num_episodes) / self.config.batch_size))
+        bar = tqdm(total=iterations, desc="PPO", unit="it", disable=not self.config.progress)
+        with _graceful_interrupt() as interrupt:
+            for _ in range(iterations):
+                stats = self.train_iteration()
+                bar.update(1)
+                bar.set_postfix(reward=f"{stats['charts/episodic_return']:+.3f}", kl=f"{stats['objective/kl']:.2f}")
+                every = self.config.checkpoint_every
+                if self.run and every and self.num_iterations % every == 0:
+                    self.save_checkpoint()
+                if interrupt.requested:
+                    bar.close()
+                    where = self.save_checkpoint() if self.run else None
+                    print(f"interrupted after iteration {self.num_iterations}"
+                          + (f"; checkpoint in {where} (resume with PPO.load)" if where else ""), flush=True)
+                    return self
+        bar.close()
+        if self.run:
+            self.save_checkpoint()
+            if self.history:
+                plot_reward_curve(self.history, self.run.dir / "reward_curve.png")
+        return self
+
+    def train_iteration(self) -> dict[str, float]:
+        """Sample one batch and run the PPO epochs on it; returns the logged scalars."""
+        cfg = self.config
+        start = time.perf_counter()
+        episodes = self.rollout()
+        rollout_time = time.perf_counter() - start
+        batch, reward_stats = self.make_batch(episodes)
+        prepare_time = time.perf_counter() - start - rollout_time
+        update_stats = self.update(batch)
+        update_time = time.perf_counter() - start - rollout_time - prepare_time
+        self.num_iterations += 1
+        self.num_episodes += cfg.batch_size
+        tokens = float(batch.mask.sum())
+        stats = {
+            "episodes": float(self.num_episodes),
+            "charts/episodic_return": float(episodes.rewards.mean()),
+            "charts/episodic_length": tokens / cfg.batch_size,
+            **reward_stats,
+            **update_stats,
+            "perf/tokens_per_s": tokens / (time.perf_counter() - start),
+            "perf/time_rollout": rollout_time,
+            "perf/time_prepare": prepare_time,
+            "perf/time_update": update_time,
+        }
+        for name, values in episodes.reward_terms.items():
+            stats[f"reward/{name}"] = float(values.mean())
+        self.history.append(stats)
+        if self.run:
+            self.run.scalars(stats, self.num_episodes)
+            if cfg.sample_every and self.num_iterations % cfg.sample_every == 1 % cfg.sample_every:
+                self._log_samples(episodes)
+        return stats
+
+    def rollout(self) -> Episodes:
+        """Sample one episode per row with the current policy (no gradients)."""
+        cfg = self.config
+        value_head = self.policy.value_of_hidden if self.policy.shares_trunk else None
+        self.policy.eval()
+        with torch.no_grad(), autocast(self.device, self.bf16):
+            return generate_episodes(
+                self.policy.lm, self.env, sampling=self.sampling, generator=self.sample_generator,
+                prompts=self._draw_prompts(cfg.batch_size), value_head=value_head,
+            )
+
+    def _draw_prompts(self, n: int) -> list[str]:
+        cfg = self.config
+        group = cfg.group_size if cfg.advantage != "gae" else 1
+        picks = self.prompt_rng.integers(len(self.task.prompts), size=n // group)
+        return [self.task.prompts[k] for k in picks for _ in range(group)]
+
+    @torch.no_grad()
+    def make_batch(self, episodes: Episodes) -> tuple[Batch, dict[str, float]]:
+        """Reference log-probs, KL-penalized per-token rewards and advantages for a rollout."""
+        cfg = self.config
+        tokens = episodes.completion_ids  # (B, T)
+        mask = episodes.completion_mask.float()  # (B, T)
+        input_ids = torch.cat([episodes.prompt_ids, tokens], dim=1)  # (B, L)
+        attention = torch.cat([episodes.prompt_mask, episodes.completion_mask], dim=1)  # (B, L)
+        t = tokens.shape[1]
+        ref_logprobs = torch.empty_like(episodes.logprobs)  # (B, T)
+        values = episodes.values if episodes.values is not None else torch.zeros_like(mask)  # (B, T)
+        need_values = cfg.uses_value_head and not self.policy.shares_trunk
+        self.policy.eval()
+        for rows in torch.arange(len(tokens), device=self.device).split(cfg.mini_batch_size):
+            with autocast(self.device, self.bf16):
+                ref_logits = self.reference(
+                    input_ids=input_ids[rows], attention_mask=attention[rows],
+                    position_ids=(attention[rows].cumsum(-1) - 1).clamp(min=0), logits_to_keep=t + 1,
+                    use_cache=False,
+                ).logits[:, :-1]  # (b, T, V)
+                if need_values:
+                    _, values[rows] = self.policy(input_ids[rows], attention[rows], t)
+            ref_logits = ref_logits[..., : self.task.vocab_size].float() / (cfg.temperature or 1.0)
+            ref_logprobs[rows] = logprobs_from_logits(ref_logits, tokens[rows]) * mask[rows]
+
+        scores = torch.as_tensor(episodes.scores, dtype=torch.float32, device=self.device)  # (B,)
+        if cfg.reward_norm:
+            self.score_stats.update(episodes.scores)
+            scores = (scores - float(self.score_stats.mean)) / math.sqrt(float(self.score_stats.var) + 1e-8)
+        if cfg.reward_clip is not None:
+            scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
+        kl = kl_penalty(episodes.logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
+        rewards = -self.kl_ctl.value * kl + episodes.token_rewards * mask  # (B, T)
+        last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of each episode's last token
+        rewards[torch.arange(len(rewards), device=self.device), last] += scores
+
+        if cfg.uses_value_head:
+            advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)  # (B, T) each
+        else:
+            sequence_advantage = group_advantages(rewards.sum(1), cfg.group_size, cfg.advantage)  # (B,)
+            advantages, returns = sequence_advantage[:, None] * mask, torch.zeros_like(mask)  # (B, T)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        episode_kl = kl.sum(1).mean().item()
+        stats = {
+            "objective/kl": episode_kl,
+            "objective/kl_coef": float(self.kl_ctl.value),
+            "objective/scores": float(scores.mean()),
+            "objective/logprobs": float(masked_mean(episodes.logprobs, mask)),
+        }
+        self.kl_ctl.update(episode_kl, len(tokens))
+        batch = Batch(input_ids, attention, tokens, mask, episodes.logprobs, values, advantages, returns)
+        return batch, stats
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        """``ppo_epochs`` passes of clipped PPO over shuffled mini-batches of ``batch``."""
+        cfg = self.config
+        self.policy.train()
+        totals: dict[str, list[float]] = {}
+        skipped = 0
+        for _epoch in range(cfg.ppo_epochs):
+            epoch_kl = []
+            order = torch.randperm(len(batch.tokens), generator=self.shuffle_generator).to(self.device)
+            for mini in order.split(cfg.mini_batch_size):
+                self.optimizer.zero_grad(set_to_none=True)
+                micro_stats = [self._backward(batch.rows(micro)) for micro in mini.split(cfg.micro_batch_size)]
+                ratio_mean = float(np.mean([s["ratio_mean"] for s in micro_stats]))
+                if ratio_mean > cfg.ratio_threshold:
+                    skipped += 1  # a policy this far from the rollout's: skip rather than step
+                    continue
+                grad_norm = self._step()
+                for s in micro_stats:
+                    for key, value in s.items():
+                        totals.setdefault(key, []).append(value)
+                totals.setdefault("grad_norm", []).append(grad_norm)
+                epoch_kl += [s["approx_kl"] for s in micro_stats]
+            if cfg.target_kl is not None and epoch_kl and np.mean(epoch_kl) > 1.5 * cfg.target_kl:
+                break  # early stop: the policy moved far enough from the rollout's
+        stats = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
+        stats["losses/skipped_minibatches"] = float(skipped)
+        stats["losses/epochs"] = float(_epoch + 1)
+        return stats
+
+    def _backward(self, mb: Batch) -> dict[str, float]:
+        """Forward and backward one micro-batch; returns its detached statistics."""
+        cfg = self.config
+        with autocast(self.device, self.bf16):
+            logits, values = self.policy(mb.input_ids, mb.attention_mask, mb.tokens.shape[1],
+                                         values=cfg.uses_value_head)
+        logits = logits[..., : self.task.vocab_size].float() / (cfg.temperature or 1.0)  # (b, T, V)
+        logprobs = logprobs_from_logits(logits, mb.tokens)  # (b, T)
+        pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, cfg.cliprange)
+        loss = pg_loss
+        stats = {"policy_loss": pg_loss.item(), **{k: v.item() for k, v in pg_stats.items()}}
+        if values is not None:
+            v_loss, v_stats = value_loss(values.float(), mb.values, mb.returns, mb.mask, cfg.cliprange_value)
+            loss = loss + cfg.vf_coef * v_loss
+            stats.update(value_loss=v_loss.item(), **{k: v.item() for k, v in v_stats.items()})
+        with torch.no_grad():
+            stats["entropy"] = masked_mean(entropy_from_logits(logits), mb.mask).item()
+        if not torch.isfinite(loss):
+            self._stop_on_nonfinite(f"the loss is {loss.item()} (policy loss {stats['policy_loss']})")
+        (loss / cfg.gradient_accumulation_steps).backward()
+        return stats
+
+    def _step(self) -> float:
+        params = [p for p in self.policy.parameters() if p.grad is not None]
+        max_norm = self.config.max_grad_norm if self.config.max_grad_norm is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            self._stop_on_nonfinite(f"the gradient norm is {grad_norm}")
+        self.optimizer.step()
+        return grad_norm
+
+    def _stop_on_nonfinite(self, what: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        where = ""
+        if self.run:
+            path = self.save_checkpoint(self.run.dir / "checkpoints" / "last-good")
+            where = f"; the weights before this step are saved in {path}"
+        raise TrainingError(f"training stopped at iteration {self.num_iterations + 1}: {what}{where}")
+
+    # ------------------------------------------------------------ using the policy
+
+    def evaluate(self, prompts: list[str], *, temperature: float | None = None, seed: int = 0) -> Episodes:
+        """Sample one completion per prompt with the current policy and score it with the env's rewards.
+
+        Args:
+            prompts: the prompts.
+            temperature: sampling temperature (0: greedy); the training one by default.
+            seed: seeds the sampling, so two evaluations compare like with like.
+        """
+        env = TextGenVectorEnv(len(prompts), task=self.task, device=self.device, autoreset_mode="Disabled")
+        sampling = self.sampling if temperature is None else dataclasses.replace(self.sampling, temperature=temperature)
+        self.policy.eval()
+        with torch.no_grad(), autocast(self.device, self.bf16):
+            return generate_episodes(self.policy.lm, env, sampling=sampling, seed=seed, prompts=list(prompts))
+
+    def generate(self, prompts: list[str], *, temperature: float | None = None, seed: int = 0) -> list[str]:
+        """The policy's completions of ``prompts``."""
+        return self.evaluate(prompts, temperature=temperature, seed=seed).completions
+
+    # -------------------------------------------------------------- checkpoints
+
+    def save(self, path: str | Path) -> Path:
+        """Save a complete checkpoint: the policy as a transformers directory (``model/``,
+        safetensors), the value head, optimizer, KL controller, normalizer statistics,
+        RNG states and counters. ``PPO.load(path, env)`` continues the same run."""
+        return self.save_checkpoint(Path(path))
+
+    def save_checkpoint(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint (by default ``run_dir/checkpoints/iter_NNNNNN``) atomically."""
+        if path is None:
+            if not self.run:
+                raise ValueError("no run_dir: give save_checkpoint a path")
+            path = self.run.dir / "checkpoints" / f"iter_{self.num_iterations:06d}"
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        self.policy.lm.save_pretrained(tmp / "model")
+        if hasattr(self.task.tokenizer, "save_pretrained"):
+            self.task.tokenizer.save_pretrained(tmp / "model")
+        heads = {k: v.detach().contiguous() for k, v in self.policy.state_dict().items() if not k.startswith("lm.")}
+        if heads:
+            save_file(heads, tmp / "value.safetensors")
+        if self.task.model_name is None:
+            self.reference.save_pretrained(tmp / "reference")
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self._torch_rng_state(), tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=1))
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            tmp.rename(path)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(path)
+        self._prune_checkpoints(path)
+        return path
+
+    def _trainer_state(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.config),
+            "model_name": self.task.model_name,
+            "num_iterations": self.num_iterations,
+            "num_episodes": self.num_episodes,
+            "kl_controller": self.kl_ctl.state_dict(),
+            "score_stats": {"mean": float(self.score_stats.mean), "var": float(self.score_stats.var),
+                            "count": float(self.score_stats.count)},
+            "reward_pipeline": self.task.rewards.state_dict(),
+            "prompt_rng": self.prompt_rng.bit_generator.state,
+            "history": self.history,
+        }
+
+    def _torch_rng_state(self) -> dict[str, torch.Tensor]:
+        state = {
+            "torch": torch.get_rng_state(),
+            "sampling": self.sample_generator.get_state(),
+            "shuffle": self.shuffle_generator.get_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def _prune_checkpoints(self, written: Path) -> None:
+        if not self.run or written.parent != self.run.dir / "checkpoints":
+            return
+        periodic = sorted(written.parent.glob("iter_*[0-9]"))
+        for old in periodic[: -self.config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    @classmethod
+    def load(cls, path: str | Path, env: Any, **overrides: Any) -> PPO:
+        """Restore an agent from a checkpoint to continue its run.
+
+        Args:
+            path: a checkpoint directory (from :meth:`save` or a run's ``checkpoints/``).
+            env: the env to train in (the same task as before).
+            **overrides: config fields to change, e.g. ``device``, ``run_dir``, ``progress``.
+        """
+        path = Path(path)
+        state = json.loads((path / STATE_FILE).read_text())
+        agent = cls.__new__(cls)
+        agent.config = PPOConfig.from_options({**state["config"], **overrides})
+        device = resolve_device(agent.config.device)
+        model = load_causal_lm(str(path / "model"), device=device, dtype=torch.float32)
+        if (path / "reference").exists():
+            reference = frozen_copy(load_causal_lm(str(path / "reference"), device=device, dtype=torch.float32))
+        else:
+            reference = frozen_copy(load_causal_lm(state["model_name"], device=device, dtype=torch.float32))
+        agent._setup(env, model, reference)
+        if (path / "value.safetensors").exists():
+            agent.policy.load_state_dict(load_file(path / "value.safetensors", device=str(device)), strict=False)
+        agent.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=device))
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        agent.sample_generator.set_state(rng["sampling"])
+        agent.shuffle_generator.set_state(rng["shuffle"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+        agent.kl_ctl.load_state_dict(state["kl_controller"])
+        agent.score_stats.mean = np.float64(state["score_stats"]["mean"])
+        agent.score_stats.var = np.float64(state["score_stats"]["var"])
+        agent.score_stats.count = state["score_stats"]["count"]
+        agent.task.rewards.load_state_dict(state["reward_pipeline"])
+        agent.prompt_rng.bit_generator.state = state["prompt_rng"]
+        agent.num_iterations = state["num_iterations"]
+        agent.num_episodes = state["num_episodes"]
+        agent.history = state["history"]
+        return agent
+
+    def _log_samples(self, episodes: Episodes, n: int = 4) -> None:
+        self.run.samples(self.num_iterations, episodes.prompts[:n], episodes.completions[:n], episodes.rewards[:n])
+        if self.config.progress:
+            for p, c, r in zip(episodes.prompts[:n], episodes.completions[:n], episodes.rewards[:n]):
+                tqdm.write(f"  [{r:+.2f}] {p}\u27e6{c.strip()[:100]}\u27e7")
+
+
+def _task_of(env: Any) -> TextTask:
+    task = getattr(getattr(env, "unwrapped", env), "task", None)
+    if not isinstance(task, TextTask):
+        raise TypeError(f"PPO needs a textenv env (textenv/TextGen-v0 or its vector env), got {env!r}")
+    return task
+
+
+class _Interrupt:
+    requested = False
+
+
+@contextlib.contextmanager
+def _graceful_interrupt() -> Iterator[_Interrupt]:
+    """First SIGINT: ask the loop to stop at the next iteration boundary; second: abort."""
+    state = _Interrupt()
+
+    def handler(signum, frame):
+        if state.requested:
+            raise KeyboardInterrupt
+        state.requested = True
+        print("\nCtrl-C: finishing this iteration, then saving a checkpoint (press again to abort)", flush=True)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no graceful stop
+        yield state
+        return
+    try:
+        yield state
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -1,0 +1,192 @@
+"""The PPO agent on a tiny real model: rollout log-probs, one iteration, learning, checkpoints, Ctrl-C."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import textenv
+from textenv.agents import PPO, PPOConfig, TrainingError
+from textenv.envs import TextGenEnv
+
+PROMPTS = ["hello", "the movie was", "a", "once upon"]
+
+
+@pytest.fixture(scope="module")
+def lowercase_reward():
+    """A dense trivial critic: the share of completion characters that are lowercase letters."""
+    @textenv.reward(name="test_lowercase")
+    def lowercase(completions):
+        return [sum(c.islower() for c in text) / 8 for text in completions]
+
+    yield "test_lowercase"
+    textenv.unregister_reward("test_lowercase")
+
+
+def make_env(reward="length(target=4)", max_new_tokens=8):
+    return gym.make("textenv/TextGen-v0", model="tiny-random", prompts=PROMPTS,
+                    max_new_tokens=max_new_tokens, reward=reward)
+
+
+def small_agent(env, **options):
+    defaults = dict(batch_size=8, mini_batch_size=4, ppo_epochs=2, precision="fp32", progress=False, seed=0)
+    return PPO(env, **{**defaults, **options})
+
+
+def test_config_checks_sizes_and_names():
+    with pytest.raises(ValueError, match="multiple of mini_batch_size"):
+        PPOConfig(batch_size=10, mini_batch_size=4)
+    with pytest.raises(ValueError, match="group_size"):
+        PPOConfig(advantage="rloo", batch_size=8, group_size=3)
+    with pytest.raises(TypeError, match="unknown PPO option.*lerning_rate"):
+        PPOConfig.from_options({"lerning_rate": 1e-3})
+    assert PPOConfig(mini_batch_size=8, gradient_accumulation_steps=4).micro_batch_size == 2
+
+
+def test_rollout_logprobs_and_values_equal_a_step_by_step_recomputation():
+    """The KV-cache rollout's log-probs and values match a full forward at every step of a single env."""
+    env = make_env()
+    agent = small_agent(env)
+    torch.nn.init.normal_(agent.policy.value_head.weight, std=0.5)  # non-trivial values
+    episodes = agent.rollout()
+    lm = agent.policy.lm
+    single = TextGenEnv(model="tiny-random", prompts=PROMPTS, max_new_tokens=8, reward="length(target=4)")
+    for i, prompt in enumerate(episodes.prompts):
+        obs, _ = single.reset(options={"prompt": prompt})
+        for t in range(int(episodes.completion_mask[i].sum())):
+            ids = torch.as_tensor(obs["input_ids"])[None]
+            mask = torch.as_tensor(obs["attention_mask"])[None]
+            with torch.no_grad():
+                out = lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         output_hidden_states=True)
+            last = int(single.task.prompt_width + t - 1)  # the position that predicts token t
+            token = int(episodes.completion_ids[i, t])
+            expected = torch.log_softmax(out.logits[0, last].float(), -1)[token]
+            value = agent.policy.value_of_hidden(out.hidden_states[-1][0, last])
+            assert episodes.logprobs[i, t].item() == pytest.approx(expected.item(), abs=1e-4)
+            assert episodes.values[i, t].item() == pytest.approx(value.item(), abs=1e-4)
+            obs, reward, terminated, truncated, info = single.step(token)
+        assert terminated or truncated
+        assert reward == pytest.approx(episodes.rewards[i])
+
+
+def test_one_iteration_changes_the_weights_and_logs_finite_losses():
+    agent = small_agent(make_env(), learning_rate=1e-3)
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    reference = [p.detach().clone() for p in agent.reference.parameters()]
+    stats = agent.train_iteration()
+    for key in ["charts/episodic_return", "objective/kl", "losses/policy_loss", "losses/value_loss",
+                "losses/approx_kl", "losses/clipfrac", "losses/entropy", "perf/tokens_per_s", "reward/length"]:
+        assert np.isfinite(stats[key]), key
+    changed = [not torch.equal(a, b) for a, b in zip(before, agent.policy.parameters())]
+    assert all(changed)  # every tensor, the value head and the LM's, took a step
+    assert all(torch.equal(a, b) for a, b in zip(reference, agent.reference.parameters()))
+    assert agent.num_episodes == 8 and agent.num_iterations == 1
+
+
+@pytest.mark.parametrize("advantage", ["rloo", "grpo"])
+def test_critic_free_advantages_train_without_a_value_head(advantage):
+    agent = small_agent(make_env(), advantage=advantage, group_size=4, learning_rate=1e-3)
+    assert agent.policy.value_head is None
+    stats = agent.train_iteration()
+    assert "losses/value_loss" not in stats and np.isfinite(stats["losses/policy_loss"])
+    prompts = agent._draw_prompts(8)
+    assert prompts[:4] == [prompts[0]] * 4 and prompts[4:] == [prompts[4]] * 4
+
+
+def test_separate_value_model_trains():
+    agent = small_agent(make_env(), value_model="separate", learning_rate=1e-3)
+    assert agent.policy.value_model is not None and not agent.policy.shares_trunk
+    stats = agent.train_iteration()
+    assert np.isfinite(stats["losses/value_loss"])
+
+
+def test_a_tiny_model_learns_a_simple_critic(lowercase_reward):
+    """Learning, not only running: the share of lowercase letters rises to a clear margin."""
+    env = make_env(reward=lowercase_reward, max_new_tokens=8)
+    agent = small_agent(env, batch_size=32, mini_batch_size=16, ppo_epochs=4, learning_rate=3e-3,
+                        init_kl_coef=0.01, seed=1)
+    prompts = PROMPTS * 8
+    before = agent.evaluate(prompts, seed=0).rewards.mean()
+    agent.learn(total_episodes=32 * 25)
+    after = agent.evaluate(prompts, seed=0).rewards.mean()
+    assert before < 0.15  # random bytes: about 26/384 of them lowercase
+    assert after > before + 0.35, (before, after)
+
+
+def test_checkpoint_then_resume_gives_the_same_next_iteration(tmp_path):
+    kwargs = dict(learning_rate=1e-3, run_dir=str(tmp_path / "run"), checkpoint_every=0, reward_norm=True)
+    agent = small_agent(make_env(), **kwargs)
+    agent.learn(total_episodes=16)
+    path = agent.save(tmp_path / "ckpt")
+    expected = agent.train_iteration()
+
+    resumed = PPO.load(path, make_env(), run_dir=str(tmp_path / "run2"))
+    assert resumed.num_iterations == 2 and resumed.num_episodes == 16
+    got = resumed.train_iteration()
+    for key in ["charts/episodic_return", "objective/kl", "losses/policy_loss", "losses/value_loss",
+                "losses/approx_kl", "objective/kl_coef"]:
+        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+    for a, b in zip(agent.policy.parameters(), resumed.policy.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_run_directory_holds_events_samples_curve_and_checkpoints(tmp_path):
+    agent = small_agent(make_env(), run_dir=str(tmp_path), checkpoint_every=2, sample_every=1, keep_checkpoints=1)
+    agent.learn(total_episodes=24)
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    assert (tmp_path / "reward_curve.png").stat().st_size > 1000
+    assert len((tmp_path / "samples.jsonl").read_text().splitlines()) == 3 * 4
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["iter_000003"]
+    ckpt = tmp_path / "checkpoints" / "iter_000003"
+    assert (ckpt / "model" / "model.safetensors").exists() and (ckpt / "value.safetensors").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"charts/episodic_return", "objective/kl", "losses/policy_loss", "losses/value_loss",
+            "losses/approx_kl", "losses/clipfrac", "losses/entropy", "perf/tokens_per_s", "reward/length"} <= tags
+
+
+def test_a_nonfinite_loss_stops_with_a_clear_error_and_a_loadable_checkpoint(tmp_path):
+    agent = small_agent(make_env(), run_dir=str(tmp_path), checkpoint_every=0)
+    with torch.no_grad():
+        agent.policy.value_head.bias.fill_(float("nan"))  # a critic gone bad
+    with pytest.raises(TrainingError, match=r"iteration 1: the loss is nan.*saved in .*last-good"):
+        agent.train_iteration()
+    restored = PPO.load(tmp_path / "checkpoints" / "last-good", make_env())
+    assert all(torch.isfinite(p).all() for p in restored.policy.lm.parameters())
+
+
+def test_sigint_leaves_a_checkpoint_that_resumes(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "textenv.cli", "train", "--model", "tiny-random", "--iterations", "200",
+           "--batch-size", "4", "--mini-batch-size", "4", "--max-new-tokens", "4", "--eval-prompts", "0",
+           "--output-dir", str(run), "--precision", "fp32"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run / "events.out.tfevents").parent.exists() or not list(run.glob("events.out.tfevents.*")):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    time.sleep(2.0)  # some iterations in
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    done = int(re.search(r"interrupted after iteration (\d+)", out).group(1))
+    assert 0 < done < 200
+    checkpoint = run / "checkpoints" / f"iter_{done:06d}"
+    assert (checkpoint / "trainer_state.json").exists()
+    cmd[cmd.index("--iterations") + 1] = str(done + 2)  # the run's total: two more iterations
+    resumed = subprocess.run(cmd + ["--resume", str(run)], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming from {checkpoint}" in resumed.stdout
+    assert (run / "checkpoints" / f"iter_{done + 2:06d}" / "trainer_state.json").exists()
