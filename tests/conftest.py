@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import string
+
 import pytest
+import torch
 from transformers import ByT5Tokenizer
 
 import textenv
 from textenv import plugin_manager
 
 PROMPTS = ["hello", "the movie was", "a"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread_for_tiny_models(request):
+    """Tiny models run fastest on one thread; the default model's (slow) tests keep them all."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -41,3 +56,15 @@ def fresh_default_pm(monkeypatch):
 def byte_id(byte_tokenizer):
     """The token id of a single ASCII character."""
     return lambda char: byte_tokenizer(char, add_special_tokens=False)["input_ids"][0]
+
+
+@pytest.fixture(scope="session")
+def lowercase_critic():
+    """A dense trivial critic for learning tests: the share of 8 completion positions holding a lowercase ASCII letter."""
+
+    @textenv.reward(name="lowercase_share")
+    def lowercase_share(completions):
+        return [sum(ch in string.ascii_lowercase for ch in text) / 8 for text in completions]
+
+    yield "lowercase_share"
+    textenv.unregister_reward("lowercase_share")

@@ -139,6 +139,7 @@ def test_per_token_rewards_reach_info_and_the_reward(fresh_default_pm, tiny_opti
     assert reward == pytest.approx(0.5) and info["reward_terms"]["vowel_tokens"] == pytest.approx(0.5)
 
 
+@pytest.mark.filterwarnings("ignore:.*render_mode=.rgb_array. that is not in the possible")
 def test_an_unsupported_render_mode_is_refused(tiny_options):
     # TypeError, as for an unexpected argument, so SB3's make_vec_env retries without rgb_array
     with pytest.raises(TypeError, match="render_mode must be one of"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -13,22 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-import textenv
 from textenv.agents import PPO, PPOConfig, TrainingError
 from textenv.envs import TextGenEnv
 
 PROMPTS = ["hello", "the movie was", "a", "once upon"]
-
-
-@pytest.fixture(scope="module")
-def lowercase_reward():
-    """A dense trivial critic: the share of completion characters that are lowercase letters."""
-    @textenv.reward(name="test_lowercase")
-    def lowercase(completions):
-        return [sum(c.islower() for c in text) / 8 for text in completions]
-
-    yield "test_lowercase"
-    textenv.unregister_reward("test_lowercase")
 
 
 def make_env(reward="length(target=4)", max_new_tokens=8):
@@ -109,17 +98,17 @@ def test_separate_value_model_trains():
     assert np.isfinite(stats["losses/value_loss"])
 
 
-def test_a_tiny_model_learns_a_simple_critic(lowercase_reward):
+def test_a_tiny_model_learns_a_simple_critic(lowercase_critic):
     """Learning, not only running: the share of lowercase letters rises to a clear margin."""
-    env = make_env(reward=lowercase_reward, max_new_tokens=8)
-    agent = small_agent(env, batch_size=32, mini_batch_size=16, ppo_epochs=4, learning_rate=3e-3,
+    env = make_env(reward=lowercase_critic, max_new_tokens=8)
+    agent = small_agent(env, batch_size=16, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-2,
                         init_kl_coef=0.01, seed=1)
     prompts = PROMPTS * 8
     before = agent.evaluate(prompts, seed=0).rewards.mean()
-    agent.learn(total_episodes=32 * 25)
+    agent.learn(total_episodes=16 * 15)
     after = agent.evaluate(prompts, seed=0).rewards.mean()
     assert before < 0.15  # random bytes: about 26/384 of them lowercase
-    assert after > before + 0.35, (before, after)
+    assert after > before + 0.4, (before, after)
 
 
 def test_checkpoint_then_resume_gives_the_same_next_iteration(tmp_path):
@@ -172,7 +161,8 @@ def test_sigint_leaves_a_checkpoint_that_resumes(tmp_path):
     cmd = [sys.executable, "-m", "textenv.cli", "train", "--model", "tiny-random", "--iterations", "200",
            "--batch-size", "4", "--mini-batch-size", "4", "--max-new-tokens", "4", "--eval-prompts", "0",
            "--output-dir", str(run), "--precision", "fp32"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 120
     while not (run / "events.out.tfevents").parent.exists() or not list(run.glob("events.out.tfevents.*")):
         assert time.time() < deadline and proc.poll() is None
@@ -186,7 +176,7 @@ def test_sigint_leaves_a_checkpoint_that_resumes(tmp_path):
     checkpoint = run / "checkpoints" / f"iter_{done:06d}"
     assert (checkpoint / "trainer_state.json").exists()
     cmd[cmd.index("--iterations") + 1] = str(done + 2)  # the run's total: two more iterations
-    resumed = subprocess.run(cmd + ["--resume", str(run)], capture_output=True, text=True, timeout=120)
+    resumed = subprocess.run(cmd + ["--resume", str(run)], capture_output=True, text=True, timeout=120, env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming from {checkpoint}" in resumed.stdout
     assert (run / "checkpoints" / f"iter_{done + 2:06d}" / "trainer_state.json").exists()

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from textenv.agents.ppo_math import (
     AdaptiveKLController,
     FixedKLController,

@@ -7,46 +7,27 @@ earns about 26/384 = 0.07, the best one 1.0. With the seeds below PPO goes from 
 about 0.8 in 16k steps (~4 s on one core), so the 0.3 margin fails only if learning does.
 """
 
-import string
 import warnings
 
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 import transformers
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-import textenv
-
-CRITIC = "sb3_test_lowercase"
+CRITIC = "lowercase_share"  # the conftest fixture's name
 MAX_NEW_TOKENS = 8
 PROMPTS = ["Hi", "The cat", "Once upon a time"]
 
 
-@pytest.fixture(scope="module")
-def critic():
-    """Register the critic for this module's envs, and take it out of the process-wide manager after."""
-
-    @textenv.reward(name=CRITIC)
-    def lowercase_share(completions):
-        """The share of the completion's positions that hold an ASCII lowercase letter."""
-        return [sum(ch in string.ascii_lowercase for ch in c) / MAX_NEW_TOKENS for c in completions]
-
-    yield CRITIC
-    textenv.unregister_reward(CRITIC)
-
-
 @pytest.fixture
-def one_thread():
-    """A 64-unit MLP runs faster on one thread, and the figures then do not depend on the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def critic(lowercase_critic):
+    """The share of lowercase letters (conftest), under the name this module expects."""
+    assert lowercase_critic == CRITIC
+    return lowercase_critic
 
 
 def make_env(reward: str) -> gym.Env:
@@ -95,7 +76,7 @@ def mean_reward(model: PPO, env, seed: int, episodes: int = 100) -> float:
     return float(mean)
 
 
-def test_ppo_learns_the_critic(critic, one_thread):
+def test_ppo_learns_the_critic(critic):
     env = make_vec_env(lambda: make_env(critic), n_envs=8, seed=0)
     eval_env = make_vec_env(lambda: make_env(critic), n_envs=1, seed=1)
     # gamma=1: the reward comes once, at the last token, and every token counts alike.

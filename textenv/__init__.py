@@ -6,9 +6,22 @@ from pluggable sources registered with pluggy, and a token-level PPO agent.
 
 import gymnasium as gym
 
-from textenv.plugin_manager import PluginError, get_plugin_manager, hookimpl, make_plugin_manager, reward, unregister_reward
+from textenv.plugin_manager import (
+    PluginError,
+    get_plugin_manager,
+    hookimpl,
+    make_plugin_manager,
+    reward,
+    unregister_reward,
+)
 from textenv.prompts import PromptError, load_prompts
-from textenv.rewards import RewardBatch, RewardError, RewardPipeline, RewardSource, parse_reward_spec
+from textenv.rewards import (
+    RewardBatch,
+    RewardError,
+    RewardPipeline,
+    RewardSource,
+    parse_reward_spec,
+)
 
 __version__ = "0.1.0"
 
