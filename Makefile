@@ -7,9 +7,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench plugins clean
+.PHONY: train demo test bench plugins clean
 
-demo: $(STAMP)  ## the main job on its embedded default (SmolLM2-135M, movie-review prompts, sentiment)
+train: $(STAMP)  ## the main job on its embedded default: PPO on SmolLM2-135M, movie-review prompts, sentiment
+	$(BIN)/textenv train
+
+demo: $(STAMP)  ## sample the default model in the env and show each completion's reward terms
 	$(BIN)/textenv demo
 
 test: $(STAMP)  ## the whole test suite

@@ -38,6 +38,24 @@ def test_sb3_ppo_prints_mean_reward_before_and_after():
 
 def test_examples_without_a_smoke_test_still_start():
     """A new example gets at least ``--help`` (its imports and argparse) until it has its own test."""
-    covered = {"custom_reward.py", "sb3_ppo.py"}
+    covered = {"custom_reward.py", "sb3_ppo.py", "train_ppo.py"}
     for script in sorted(p.name for p in EXAMPLES.glob("*.py") if p.name not in covered):
         assert "usage:" in run_example(script, "--help"), script
+
+
+def test_train_ppo_trains_and_generates(tmp_path):
+    script = EXAMPLES / "train_ppo.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--model", "tiny-random", "--episodes", "16", "--max-new-tokens", "4"],
+        check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().startswith("[") and result.stdout.count("'") >= 4, result.stdout
+    run = tmp_path / "runs" / "train_ppo"
+    assert (run / "reward_curve.png").exists() and list((run / "checkpoints").iterdir())
+
+
+def test_train_ppo_user_code_is_ten_lines():
+    text = (EXAMPLES / "train_ppo.py").read_text().split("# --- the user code: ten lines\n", 1)[1]
+    code = [line for line in text.splitlines() if line.strip()]
+    assert len(code) <= 10, code
