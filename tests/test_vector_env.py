@@ -118,3 +118,14 @@ def test_sampling_is_reproducible_under_a_seed(tiny_options):
     a = generate_episodes(model, vec, sampling=sampling, seed=7)
     b = generate_episodes(model, vec, sampling=sampling, seed=7)
     assert torch.equal(a.completion_ids, b.completion_ids) and a.completions == b.completions
+
+
+def test_sampling_follows_the_distribution_and_never_draws_a_filtered_token():
+    from textenv.generation import _sample
+
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    logits = probs.log().expand(20_000, 4)  # (N, V): token 1 filtered out (-inf)
+    draws = _sample(logits, SamplingConfig(), torch.Generator().manual_seed(0))
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)
+    assert (draws != 1).all()

@@ -79,8 +79,8 @@ class TextGenVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
 
         t = self.task
-        self._prompt_ids = t.prompt_ids.to(self.device)  # (K, P)
-        self._prompt_mask = t.prompt_mask.to(self.device)  # (K, P)
+        # Fresh rows, one per prompt, so a reset is one index_copy_ per tensor.
+        self._fresh_ids, self._fresh_mask = self._fresh_rows(t.prompt_ids, t.prompt_mask)  # (K, L) each
         self._eos = torch.tensor(t.eos_ids, device=self.device)
         self._ids = torch.full((num_envs, t.seq_len), t.pad_id, dtype=torch.long, device=self.device)
         self._mask = torch.zeros_like(self._ids)
@@ -90,6 +90,7 @@ class TextGenVectorEnv(VectorEnv):
         self.row_rngs: list[np.random.Generator | None] = [None] * num_envs
         self.row_prompts: list[str] = [""] * num_envs
         self._needs_reset = True
+        self._ended_last_step = False  # known without a device sync: rows to autoreset exist
 
     # ------------------------------------------------------------------ reset
 
@@ -125,8 +126,18 @@ class TextGenVectorEnv(VectorEnv):
         if options:
             raise ValueError(f"unknown reset options: {', '.join(options)}")
         self._needs_reset = False
+        self._ended_last_step = bool(self._finished.any())
         info = self._row_info({"prompt": [self.row_prompts[i] for i in rows]}, rows)
         return self._observation(), info
+
+    def _fresh_rows(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Whole observation rows (n, L) for prompts (n, P): the prompt, then an empty completion."""
+        n, width = prompt_ids.shape
+        ids = torch.full((n, self.task.seq_len), self.task.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        ids[:, :width] = prompt_ids.to(self.device)
+        mask[:, :width] = prompt_mask.to(self.device)
+        return ids, mask
 
     def _start_episodes(self, rows: np.ndarray, prompts: list[str] | None) -> None:
         """Write a fresh prompt into each of ``rows`` (per episode, not per token)."""
@@ -134,21 +145,19 @@ class TextGenVectorEnv(VectorEnv):
             return
         if prompts is None:
             picks = [int(self.row_rngs[i].integers(len(self.task.prompts))) for i in rows]
-            ids, mask = self._prompt_ids[picks], self._prompt_mask[picks]  # (R, P)
+            index = torch.as_tensor(picks, device=self.device)
+            ids, mask = self._fresh_ids.index_select(0, index), self._fresh_mask.index_select(0, index)
             texts = [self.task.prompts[k] for k in picks]
         else:
             if len(prompts) != len(rows):
                 raise ValueError(f"got {len(prompts)} prompts for {len(rows)} rows to reset")
-            ids, mask = (x.to(self.device) for x in self.task.encode(prompts))
+            ids, mask = self._fresh_rows(*self.task.encode(prompts))  # (R, L) each
             texts = list(prompts)
-        index = torch.as_tensor(rows, device=self.device)
-        width = self.task.prompt_width
-        self._ids[index] = self.task.pad_id
-        self._mask[index] = 0
-        self._ids[index, :width] = ids
-        self._mask[index, :width] = mask
-        self._pos[index] = 0
-        self._finished[index] = False
+        rows_t = torch.as_tensor(rows, device=self.device)
+        self._ids.index_copy_(0, rows_t, ids)
+        self._mask.index_copy_(0, rows_t, mask)
+        self._pos.index_fill_(0, rows_t, 0)
+        self._finished.index_fill_(0, rows_t, False)
         for i, text in zip(rows, texts):
             self.row_prompts[i] = text
 
@@ -196,8 +205,9 @@ class TextGenVectorEnv(VectorEnv):
                 episode_rewards, dtype=torch.float32, device=self.device
             )
 
-        if self.autoreset_mode == AutoresetMode.NEXT_STEP and bool(stale.any()):
+        if self.autoreset_mode == AutoresetMode.NEXT_STEP and self._ended_last_step:
             self._start_episodes(stale.nonzero().squeeze(1).cpu().numpy(), None)
+        self._ended_last_step = any_ended
         obs = self._observation()
         if self.autoreset_mode == AutoresetMode.SAME_STEP and any_ended:
             info.update(self._row_info({"final_obs": [self._row_obs(obs, i) for i in rows]}, rows))
