@@ -122,7 +122,10 @@ class PPO:
             # Short sequences with padding: eager attention beats SDPA on the CPU (~20 % per
             # forward+backward of SmolLM2 at 8x44 tokens, benchmarks/ppo_throughput.py).
             model.set_attn_implementation("eager")
-        self.reference = reference.to(self.device) if reference is not None else frozen_copy(model)
+        if not cfg.uses_reference:
+            self.reference = None
+        else:
+            self.reference = reference.to(self.device) if reference is not None else frozen_copy(model)
         self.policy = ActorCritic(
             model, with_value_head=cfg.uses_value_head, separate_value_model=cfg.value_model == "separate"
         ).to(self.device)
@@ -242,19 +245,21 @@ class PPO:
         input_ids = torch.cat([episodes.prompt_ids, tokens], dim=1)  # (B, L)
         attention = torch.cat([episodes.prompt_mask, episodes.completion_mask], dim=1)  # (B, L)
         t = tokens.shape[1]
-        ref_logprobs = torch.empty_like(episodes.logprobs)  # (B, T)
+        ref_logprobs = episodes.logprobs.clone()  # (B, T); stays so (KL 0) without a reference
         values = episodes.values if episodes.values is not None else torch.zeros_like(mask)  # (B, T)
         need_values = cfg.uses_value_head and not self.policy.shares_trunk
         self.policy.eval()
         for rows in torch.arange(len(tokens), device=self.device).split(cfg.mini_batch_size):
             with autocast(self.device, self.bf16):
+                if need_values:
+                    _, values[rows] = self.policy(input_ids[rows], attention[rows], t)
+                if self.reference is None:
+                    continue
                 ref_logits = self.reference(
                     input_ids=input_ids[rows], attention_mask=attention[rows],
                     position_ids=(attention[rows].cumsum(-1) - 1).clamp(min=0), logits_to_keep=t + 1,
                     use_cache=False,
                 ).logits[:, :-1]  # (b, T, V)
-                if need_values:
-                    _, values[rows] = self.policy(input_ids[rows], attention[rows], t)
             ref_logits = ref_logits[..., : self.task.vocab_size].float() / (cfg.temperature or 1.0)
             ref_logprobs[rows] = logprobs_from_logits(ref_logits, tokens[rows]) * mask[rows]
 
@@ -400,7 +405,7 @@ class PPO:
         heads = {k: v.detach().contiguous() for k, v in self.policy.state_dict().items() if not k.startswith("lm.")}
         if heads:
             save_file(heads, tmp / "value.safetensors")
-        if self.task.model_name is None:
+        if self.task.model_name is None and self.reference is not None:
             self.reference.save_pretrained(tmp / "reference")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(self._torch_rng_state(), tmp / "rng.pt")
@@ -462,7 +467,9 @@ class PPO:
         agent.config = PPOConfig.from_options({**state["config"], **overrides})
         device = resolve_device(agent.config.device)
         model = load_causal_lm(str(path / "model"), device=device, dtype=torch.float32)
-        if (path / "reference").exists():
+        if not agent.config.uses_reference:
+            reference = None
+        elif (path / "reference").exists():
             reference = frozen_copy(load_causal_lm(str(path / "reference"), device=device, dtype=torch.float32))
         else:
             reference = frozen_copy(load_causal_lm(state["model_name"], device=device, dtype=torch.float32))

@@ -118,6 +118,11 @@ class PPOConfig:
         return self.mini_batch_size // self.gradient_accumulation_steps
 
     @property
+    def uses_reference(self) -> bool:
+        """Whether there is a KL term at all (else no reference model is kept or run)."""
+        return self.adaptive_kl or self.init_kl_coef > 0
+
+    @property
     def uses_value_head(self) -> bool:
         """Whether a value function is trained (GAE) or the advantages are critic-free."""
         return self.advantage == "gae"

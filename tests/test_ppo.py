@@ -91,6 +91,13 @@ def test_critic_free_advantages_train_without_a_value_head(advantage):
     assert prompts[:4] == [prompts[0]] * 4 and prompts[4:] == [prompts[4]] * 4
 
 
+def test_without_a_kl_term_no_reference_is_kept():
+    agent = small_agent(make_env(), advantage="grpo", group_size=4, init_kl_coef=0.0, adaptive_kl=False)
+    assert agent.reference is None
+    stats = agent.train_iteration()
+    assert stats["objective/kl"] == 0.0 and np.isfinite(stats["losses/policy_loss"])
+
+
 def test_separate_value_model_trains():
     agent = small_agent(make_env(), value_model="separate", learning_rate=1e-3)
     assert agent.policy.value_model is not None and not agent.policy.shares_trunk
