@@ -32,9 +32,9 @@ from textenv.agents.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
     compute_gae,
-    entropy_from_logits,
     group_advantages,
     kl_penalty,
+    logprobs_and_entropy,
     logprobs_from_logits,
     masked_mean,
     masked_whiten,
@@ -260,7 +260,9 @@ class PPO:
                     position_ids=(attention[rows].cumsum(-1) - 1).clamp(min=0), logits_to_keep=t + 1,
                     use_cache=False,
                 ).logits[:, :-1]  # (b, T, V)
-            ref_logits = ref_logits[..., : self.task.vocab_size].float() / (cfg.temperature or 1.0)
+            ref_logits = ref_logits[..., : self.task.vocab_size]
+            if cfg.temperature not in (0.0, 1.0):
+                ref_logits = ref_logits.float() / cfg.temperature
             ref_logprobs[rows] = logprobs_from_logits(ref_logits, tokens[rows]) * mask[rows]
 
         scores = torch.as_tensor(episodes.scores, dtype=torch.float32, device=self.device)  # (B,)
@@ -327,8 +329,10 @@ class PPO:
         with autocast(self.device, self.bf16):
             logits, values = self.policy(mb.input_ids, mb.attention_mask, mb.tokens.shape[1],
                                          values=cfg.uses_value_head)
-        logits = logits[..., : self.task.vocab_size].float() / (cfg.temperature or 1.0)  # (b, T, V)
-        logprobs = logprobs_from_logits(logits, mb.tokens)  # (b, T)
+        logits = logits[..., : self.task.vocab_size]  # (b, T, V)
+        if cfg.temperature not in (0.0, 1.0):
+            logits = logits.float() / cfg.temperature
+        logprobs, entropy = logprobs_and_entropy(logits, mb.tokens)  # (b, T) each
         pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, cfg.cliprange)
         loss = pg_loss
         stats = {"policy_loss": pg_loss.item(), **{k: v.item() for k, v in pg_stats.items()}}
@@ -336,8 +340,7 @@ class PPO:
             v_loss, v_stats = value_loss(values.float(), mb.values, mb.returns, mb.mask, cfg.cliprange_value)
             loss = loss + cfg.vf_coef * v_loss
             stats.update(value_loss=v_loss.item(), **{k: v.item() for k, v in v_stats.items()})
-        with torch.no_grad():
-            stats["entropy"] = masked_mean(entropy_from_logits(logits), mb.mask).item()
+        stats["entropy"] = masked_mean(entropy, mb.mask).item()
         if not torch.isfinite(loss):
             self._stop_on_nonfinite(f"the loss is {loss.item()} (policy loss {stats['policy_loss']})")
         (loss / cfg.gradient_accumulation_steps).backward()

@@ -130,6 +130,25 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)  # (B, T)
 
 
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`logprobs_from_logits` and a detached :func:`entropy_from_logits` from one log-softmax.
+
+    The update's hot path: over a 49k vocabulary each full pass over (B, T, V) counts.
+
+    Args:
+        logits: (B, T, V) logits, ``logits[:, t]`` predicting ``tokens[:, t]``.
+        tokens: (B, T) int64 token ids.
+
+    Returns:
+        logprobs (B, T) with gradients, and entropies (B, T) without.
+    """
+    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    logprobs = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    with torch.no_grad():
+        entropy = -(logp.exp() * logp).sum(-1)  # (B, T)
+    return logprobs, entropy
+
+
 # ----------------------------------------------------------------------------------
 # Advantages
 

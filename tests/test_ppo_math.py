@@ -397,3 +397,14 @@ def test_group_advantages_of_equal_rewards_are_zero_not_nan():
 def test_group_advantages_errors(rewards, group_size, method, message):
     with pytest.raises(ValueError, match=message):
         group_advantages(rewards, group_size, method)
+
+
+def test_logprobs_and_entropy_equal_the_two_separate_helpers():
+    from textenv.agents.ppo_math import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
+
+    logits = torch.randn(3, 5, 50, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    tokens = torch.randint(0, 50, (3, 5), generator=torch.Generator().manual_seed(1))
+    logprobs, entropy = logprobs_and_entropy(logits, tokens)
+    torch.testing.assert_close(logprobs, logprobs_from_logits(logits, tokens))
+    torch.testing.assert_close(entropy, entropy_from_logits(logits).detach())
+    assert logprobs.requires_grad and not entropy.requires_grad
