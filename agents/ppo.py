@@ -305,7 +305,10 @@ class PPO:
             order = torch.randperm(len(batch.tokens), generator=self.shuffle_generator).to(self.device)
             for mini in order.split(cfg.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
-                micro_stats = [self._backward(batch.rows(micro)) for micro in mini.split(cfg.micro_batch_size)]
+                micro_stats = [
+                    self._backward(batch.rows(micro), with_entropy=_epoch == 0)
+                    for micro in mini.split(cfg.micro_batch_size)
+                ]
                 ratio_mean = float(np.mean([s["ratio_mean"] for s in micro_stats]))
                 if ratio_mean > cfg.ratio_threshold:
                     skipped += 1  # a policy this far from the rollout's: skip rather than step
@@ -323,8 +326,12 @@ class PPO:
         stats["losses/epochs"] = float(_epoch + 1)
         return stats
 
-    def _backward(self, mb: Batch) -> dict[str, float]:
-        """Forward and backward one micro-batch; returns its detached statistics."""
+    def _backward(self, mb: Batch, with_entropy: bool = True) -> dict[str, float]:
+        """Forward and backward one micro-batch; returns its detached statistics.
+
+        The entropy is only logged (no bonus in the loss): the first epoch's, of the
+        rollout policy, is enough, and skipping it later saves a pass over (b, T, V).
+        """
         cfg = self.config
         with autocast(self.device, self.bf16):
             logits, values = self.policy(mb.input_ids, mb.attention_mask, mb.tokens.shape[1],
@@ -332,7 +339,7 @@ class PPO:
         logits = logits[..., : self.task.vocab_size]  # (b, T, V)
         if cfg.temperature not in (0.0, 1.0):
             logits = logits.float() / cfg.temperature
-        logprobs, entropy = logprobs_and_entropy(logits, mb.tokens)  # (b, T) each
+        logprobs, entropy = logprobs_and_entropy(logits, mb.tokens, with_entropy)  # (b, T) each
         pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, cfg.cliprange)
         loss = pg_loss
         stats = {"policy_loss": pg_loss.item(), **{k: v.item() for k, v in pg_stats.items()}}
@@ -340,7 +347,8 @@ class PPO:
             v_loss, v_stats = value_loss(values.float(), mb.values, mb.returns, mb.mask, cfg.cliprange_value)
             loss = loss + cfg.vf_coef * v_loss
             stats.update(value_loss=v_loss.item(), **{k: v.item() for k, v in v_stats.items()})
-        stats["entropy"] = masked_mean(entropy, mb.mask).item()
+        if entropy is not None:
+            stats["entropy"] = masked_mean(entropy, mb.mask).item()
         if not torch.isfinite(loss):
             self._stop_on_nonfinite(f"the loss is {loss.item()} (policy loss {stats['policy_loss']})")
         (loss / cfg.gradient_accumulation_steps).backward()

@@ -130,7 +130,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)  # (B, T)
 
 
-def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def logprobs_and_entropy(
+    logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """:func:`logprobs_from_logits` and a detached :func:`entropy_from_logits` from one log-softmax.
 
     The update's hot path: over a 49k vocabulary each full pass over (B, T, V) counts.
@@ -138,12 +140,15 @@ def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> tuple[to
     Args:
         logits: (B, T, V) logits, ``logits[:, t]`` predicting ``tokens[:, t]``.
         tokens: (B, T) int64 token ids.
+        with_entropy: also compute the entropies (None otherwise).
 
     Returns:
         logprobs (B, T) with gradients, and entropies (B, T) without.
     """
-    logp = F.log_softmax(logits.float(), dim=-1)  # (B, T, V)
+    logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # (B, T, V): upcast inside the kernel
     logprobs = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
+    if not with_entropy:
+        return logprobs, None
     with torch.no_grad():
         entropy = -(logp.exp() * logp).sum(-1)  # (B, T)
     return logprobs, entropy

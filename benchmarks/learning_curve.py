@@ -1,0 +1,65 @@
+"""The default task's learning curve: mean VADER compound and KL against episodes.
+
+Trains SmolLM2-135M-Instruct on movie-review openings with PPO against the default
+reward (``sentiment + repetition``) and prints, per iteration, the batch's mean VADER
+compound (the ``sentiment`` term) and the KL to the reference (nats per episode); at
+the end, the first episode count at which the mean VADER compound of the last three
+iterations reached the goal, and a PNG of the curve. Run::
+
+    .venv/bin/python benchmarks/learning_curve.py --episodes 1000 --lr 5e-5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import gymnasium as gym
+import numpy as np
+
+import textenv  # noqa: F401  (registers the env)
+from textenv.agents import PPO
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--episodes", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=5e-5)
+    parser.add_argument("--reward", default="sentiment + repetition")
+    parser.add_argument("--goal", type=float, default=0.8, help="mean VADER compound to reach")
+    parser.add_argument("--run-dir", default="runs/learning_curve")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward=args.reward,
+                   max_new_tokens=32)
+    agent = PPO(env, learning_rate=args.lr, run_dir=args.run_dir, seed=args.seed, checkpoint_every=0,
+                sample_every=10, progress=False)
+    print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; reward {args.reward}; "
+          f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
+    print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'kl_coef':>7} {'s/iter':>7}", flush=True)
+    vader, reached = [], None
+    start = time.perf_counter()
+    while agent.num_episodes < args.episodes:
+        t = time.perf_counter()
+        stats = agent.train_iteration()
+        vader.append(stats["reward/sentiment"])
+        recent = float(np.mean(vader[-3:]))
+        if reached is None and len(vader) >= 3 and recent >= args.goal:
+            reached = agent.num_episodes
+        print(f"{agent.num_episodes:>8} {stats['reward/sentiment']:>+7.3f} {stats['objective/kl']:>6.2f} "
+              f"{stats['objective/kl_coef']:>7.3f} {time.perf_counter() - t:>7.1f}", flush=True)
+    agent.run.close()
+    from textenv.agents.run_log import plot_reward_curve
+
+    path = plot_reward_curve(agent.history, f"{args.run_dir}/reward_curve.png")
+    last = agent.history[-3:]
+    print(f"\nfirst 3 iterations: mean VADER {np.mean(vader[:3]):+.3f}; last 3: {np.mean(vader[-3:]):+.3f}, "
+          f"KL {np.mean([h['objective/kl'] for h in last]):.2f} nats")
+    print(f"goal {args.goal}: " + (f"reached at {reached} episodes" if reached else "not reached")
+          + f"; {time.perf_counter() - start:.0f} s; curve in {path}; load average {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
