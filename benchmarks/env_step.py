@@ -37,30 +37,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from timing import TimedRewards
 
 from textenv.envs.task import DEFAULT_REWARD, TextTask
 from textenv.envs.text_gen_vector import TextGenVectorEnv
+from textenv.generation import SamplingConfig, sample_tokens
 from textenv.models import DEFAULT_MODEL, load_causal_lm
 
 # ------------------------------------------------------------------ helpers
-
-
-class TimedRewards:
-    """Wraps the task's reward pipeline to add up the time spent inside it."""
-
-    def __init__(self, pipeline):
-        self.pipeline = pipeline
-        self.seconds = 0.0
-
-    def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return self.pipeline(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - start
-
-    def __getattr__(self, name):  # names, state_dict, ...
-        return getattr(self.pipeline, name)
 
 
 def sync(device: torch.device) -> None:
@@ -209,7 +193,7 @@ def bench_decode_share(model, task: TextTask, args, device: torch.device, autoca
             logits = out.logits[:, -1, : task.vocab_size].float()  # (N, V)
             sync(device)
             t1 = time.perf_counter()
-            actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=gen).squeeze(1)
+            actions = sample_tokens(logits, SamplingConfig(), gen)  # as generate_episodes draws
             sync(device)
             t2 = time.perf_counter()
             _, _, terminated, truncated, info = env.step(actions)
@@ -245,7 +229,7 @@ def print_decode_share(rows: list[tuple[str, dict]], args) -> None:
         f"\n(b) env.step vs the model's one-token forward with KV cache, N={args.decode_batch}, "
         f"{args.decode_repeats} episodes of up to T={args.max_new_tokens}, medians per step"
     )
-    print("    sample = softmax + torch.multinomial, as generate_episodes draws a token")
+    print("    sample = softmax + inverse-CDF draw, generate_episodes' own sampler")
     print(
         "    share/step = env token step / forward; amortized = sum(env.step) / sum(forward)"
         " over all decode steps, episode-end scoring included (goal <= 5 %)"

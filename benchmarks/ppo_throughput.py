@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from timing import TimedRewards
+
 HERE = Path(__file__).resolve().parent
 BASELINES = HERE / "baselines"
 TRL011_PYTHON = BASELINES / ".venv-trl011" / "bin" / "python"
@@ -36,25 +38,6 @@ TRL116_PYTHON = BASELINES / ".venv-trl116" / "bin" / "python"
 
 
 # ------------------------------------------------------------------ our side
-
-
-class TimedRewards:
-    """Wraps the env's reward pipeline to time it apart from generation."""
-
-    def __init__(self, pipeline):
-        self.pipeline = pipeline
-        self.seconds = 0.0
-
-    @property
-    def names(self):
-        return self.pipeline.names
-
-    def __call__(self, *args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return self.pipeline(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - start
 
 
 def run_ours(mode: str, precision: str, steps: int, warmup: int) -> dict:

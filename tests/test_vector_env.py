@@ -121,11 +121,11 @@ def test_sampling_is_reproducible_under_a_seed(tiny_options):
 
 
 def test_sampling_follows_the_distribution_and_never_draws_a_filtered_token():
-    from textenv.generation import _sample
+    from textenv.generation import sample_tokens
 
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
     logits = probs.log().expand(20_000, 4)  # (N, V): token 1 filtered out (-inf)
-    draws = _sample(logits, SamplingConfig(), torch.Generator().manual_seed(0))
+    draws = sample_tokens(logits, SamplingConfig(), torch.Generator().manual_seed(0))
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)
     assert (draws != 1).all()

@@ -135,7 +135,7 @@ def generate_episodes(
         )
         cache = out.cache
         logits = out.logits[:, -1, : env.task.vocab_size].float() / temperature  # (N, V)
-        actions = _sample(warpers(None, logits), sampling, generator)  # (N,)
+        actions = sample_tokens(warpers(None, logits), sampling, generator)  # (N,)
         logprobs[:, t] = torch.log_softmax(logits, -1).gather(1, actions[:, None]).squeeze(1) * ~done
         if value_head is not None:
             values[:, t] = value_head(out.hidden_states[-1][:, -1]).float() * ~done  # (N,)
@@ -159,7 +159,8 @@ def generate_episodes(
     )
 
 
-def _sample(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
+def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
+    """Draw one token per row from (N, V) logits already warped by ``sampling``; greedy at temperature 0."""
     if sampling.temperature == 0.0:
         return logits.argmax(-1)
     # Inverse-CDF draw: one uniform per row into the cumulative distribution. Same law as

@@ -1,0 +1,24 @@
+"""Timing helpers shared by the benchmark scripts (run them as ``python benchmarks/NAME.py``)."""
+
+from __future__ import annotations
+
+import time
+
+
+class TimedRewards:
+    """Wraps an env's reward pipeline to add up the time spent inside it, apart from the rest."""
+
+    def __init__(self, pipeline):
+        self.pipeline = pipeline
+        self.seconds = 0.0
+
+    @property
+    def names(self) -> list[str]:
+        return self.pipeline.names
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.pipeline(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
