@@ -35,11 +35,10 @@ def run_training(args: argparse.Namespace) -> int:
     )
     options = dict(
         batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, ppo_epochs=args.ppo_epochs,
-        advantage=args.advantage, device=args.device, precision=args.precision, seed=args.seed,
+        advantage=args.advantage, group_size=args.group_size, device=args.device, precision=args.precision, seed=args.seed,
         run_dir=args.output_dir, checkpoint_every=max(1, args.iterations // 4),
     )
-    if args.lr is not None:
-        options["learning_rate"] = args.lr
+    options["learning_rate"] = args.lr
     if args.resume:
         checkpoint = latest_checkpoint(args.resume)
         print(f"resuming from {checkpoint}", flush=True)
