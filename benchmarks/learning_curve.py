@@ -32,13 +32,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--advantage", choices=["gae", "rloo", "grpo"], default="gae")
     parser.add_argument("--group-size", type=int, default=4, help="samples per prompt for rloo/grpo")
+    parser.add_argument("--kl-horizon", type=int, default=10_000, help="adaptive KL controller's horizon")
     args = parser.parse_args()
 
     env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward=args.reward,
                    max_new_tokens=32)
     agent = PPO(env, learning_rate=args.lr, run_dir=args.run_dir, seed=args.seed, checkpoint_every=0,
-                sample_every=10, progress=False, advantage=args.advantage, group_size=args.group_size)
-    print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; reward {args.reward}; "
+                sample_every=10, progress=False, advantage=args.advantage, group_size=args.group_size,
+                kl_horizon=args.kl_horizon)
+    print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; reward {args.reward}; "
           f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
     print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'kl_coef':>7} {'s/iter':>7}", flush=True)
     vader, reached = [], None
