@@ -215,7 +215,7 @@ class PPO:
         self.history.append(stats)
         if self.run:
             self.run.scalars(stats, self.num_episodes)
-            if cfg.sample_every and self.num_iterations % cfg.sample_every == 1 % cfg.sample_every:
+            if cfg.sample_every and (self.num_iterations - 1) % cfg.sample_every == 0:  # 1st, then every k
                 self._log_samples(episodes)
         return stats
 
@@ -300,13 +300,13 @@ class PPO:
         self.policy.train()
         totals: dict[str, list[float]] = {}
         skipped = 0
-        for _epoch in range(cfg.ppo_epochs):
+        for epoch in range(cfg.ppo_epochs):
             epoch_kl = []
             order = torch.randperm(len(batch.tokens), generator=self.shuffle_generator).to(self.device)
             for mini in order.split(cfg.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 micro_stats = [
-                    self._backward(batch.rows(micro), with_entropy=_epoch == 0)
+                    self._backward(batch.rows(micro), with_entropy=epoch == 0)
                     for micro in mini.split(cfg.micro_batch_size)
                 ]
                 ratio_mean = float(np.mean([s["ratio_mean"] for s in micro_stats]))
@@ -323,7 +323,7 @@ class PPO:
                 break  # early stop: the policy moved far enough from the rollout's
         stats = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
         stats["losses/skipped_minibatches"] = float(skipped)
-        stats["losses/epochs"] = float(_epoch + 1)
+        stats["losses/epochs"] = float(epoch + 1)
         return stats
 
     def _backward(self, mb: Batch, with_entropy: bool = True) -> dict[str, float]:

@@ -143,3 +143,8 @@ def test_the_same_source_twice_gets_two_keys(pm):
     batch = pipeline(**CONTEXT)
     assert pipeline.names == ["sentiment", "sentiment'"]
     np.testing.assert_allclose(batch.total, 0.0, atol=1e-12)
+
+
+def test_an_empty_batch_scores_to_nothing(pm):
+    batch = RewardPipeline.from_spec("sentiment + length", pm)([], [], [], [])
+    assert batch.total.shape == (0,) and batch.terms["length"].shape == (0,)

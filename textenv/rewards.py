@@ -401,6 +401,8 @@ def _check_result(
         )
     if len(values) != n:
         raise RewardError(f"reward source {name!r} returned {len(values)} values for {n} completions")
+    if n == 0:
+        return np.zeros(0), None
     if n and all(isinstance(v, (int, float, np.number)) or _is_scalar_array(v) for v in values):
         episode = np.asarray(values, dtype=np.float64).reshape(n)
         _check_finite(name, episode, context)
