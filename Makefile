@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: train demo test bench plugins clean
+.PHONY: train demo test bench baselines plugins clean
 
 train: $(STAMP)  ## the main job on its embedded default: PPO on SmolLM2-135M, movie-review prompts, sentiment
 	$(BIN)/textenv train
@@ -18,8 +18,13 @@ demo: $(STAMP)  ## sample the default model in the env and show each completion'
 test: $(STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  ## the benchmarks recorded in docs/BENCHMARKS.md
+bench: $(STAMP)  ## the benchmarks recorded in docs/BENCHMARKS.md (trl baselines: make baselines first)
 	$(BIN)/python benchmarks/env_step.py
+	$(BIN)/python benchmarks/ppo_throughput.py --steps 3
+
+baselines:  ## the trl venvs ppo_throughput.py compares against (~3 GB, a few minutes)
+	bash benchmarks/baselines/setup_trl011.sh
+	bash benchmarks/baselines/setup_trl116.sh
 
 plugins: $(STAMP)
 	$(BIN)/textenv plugins
