@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from textenv.models import default_device
+
 
 class ActorCritic(nn.Module):
     """A causal LM (the actor) and a value head on its last hidden state (the critic).
@@ -82,7 +84,7 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 def resolve_device(device: str) -> torch.device:
     """``"auto"`` means CUDA when there is one, else the CPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return default_device()
     return torch.device(device)
 
 

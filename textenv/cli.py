@@ -86,9 +86,9 @@ def _demo(args: argparse.Namespace) -> int:
 
     from textenv.envs.text_gen_vector import TextGenVectorEnv
     from textenv.generation import SamplingConfig, generate_episodes
-    from textenv.models import load_causal_lm
+    from textenv.models import default_device, load_causal_lm
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(args.device) if args.device else default_device()
     print(f"loading {args.model} on {device} ...", flush=True)
     start = time.perf_counter()
     model = load_causal_lm(args.model, device=device)
