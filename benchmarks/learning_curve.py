@@ -58,6 +58,12 @@ def main() -> None:
     from textenv.agents.run_log import plot_reward_curve
 
     path = plot_reward_curve(agent.history, f"{args.run_dir}/reward_curve.png")
+    print("\nwindows of 5 iterations: episodes, mean VADER, mean KL")
+    for start_i in range(0, len(agent.history), 5):
+        window = agent.history[start_i : start_i + 5]
+        print(f"  {int(window[0]['episodes']) - agent.config.batch_size + 1:>5}-{int(window[-1]['episodes']):<5} "
+              f"{np.mean([h['reward/sentiment'] for h in window]):+.2f} "
+              f"{np.mean([h['objective/kl'] for h in window]):6.2f}", flush=True)
     last = agent.history[-3:]
     print(f"\nfirst 3 iterations: mean VADER {np.mean(vader[:3]):+.3f}; last 3: {np.mean(vader[-3:]):+.3f}, "
           f"KL {np.mean([h['objective/kl'] for h in last]):.2f} nats")
