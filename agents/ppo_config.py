@@ -85,7 +85,8 @@ class PPOConfig:
     device: str = "auto"
     """``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """``auto``: bf16 autocast where the hardware has fast bf16 (CUDA, CPUs with AVX512-BF16/AMX); fp32 master weights."""
+    """``auto``: bf16 autocast where the hardware has fast bf16 (CUDA, CPUs with AVX512-BF16/AMX);
+    fp32 master weights."""
     seed: int = 0
     """Seeds prompt draws, sampling and the mini-batch order."""
     run_dir: str | None = None
@@ -101,7 +102,9 @@ class PPOConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size % self.mini_batch_size:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of mini_batch_size {self.mini_batch_size}")
+            raise ValueError(
+                f"batch_size {self.batch_size} is not a multiple of mini_batch_size {self.mini_batch_size}"
+            )
         if self.mini_batch_size % self.gradient_accumulation_steps:
             raise ValueError(
                 f"mini_batch_size {self.mini_batch_size} is not a multiple of "

@@ -40,8 +40,8 @@ def main() -> None:
     agent = PPO(env, learning_rate=args.lr, run_dir=args.run_dir, seed=args.seed, checkpoint_every=0,
                 sample_every=10, progress=False, advantage=args.advantage, group_size=args.group_size,
                 kl_horizon=args.kl_horizon)
-    print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; reward {args.reward}; "
-          f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; "
+          f"reward {args.reward}; {'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
     print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'kl_coef':>7} {'s/iter':>7}", flush=True)
     vader, reached = [], None
     start = time.perf_counter()

@@ -16,6 +16,10 @@ class TimedRewards:
     def names(self) -> list[str]:
         return self.pipeline.names
 
+    @property
+    def wants_tokens(self) -> bool:
+        return self.pipeline.wants_tokens
+
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
         try:

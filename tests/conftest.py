@@ -60,7 +60,7 @@ def byte_id(byte_tokenizer):
 
 @pytest.fixture(scope="session")
 def lowercase_critic():
-    """A dense trivial critic for learning tests: the share of 8 completion positions holding a lowercase ASCII letter."""
+    """A dense trivial critic for learning tests: the share of 8 completion positions holding a lowercase letter."""
 
     @textenv.reward(name="lowercase_share")
     def lowercase_share(completions):

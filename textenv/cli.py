@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                         "the fastest learner on the default task, docs/BENCHMARKS.md), grpo, or gae (value head)")
     p.add_argument("--group-size", type=int, default=4, help="samples per prompt for rloo/grpo")
     p.add_argument("--eval-prompts", type=int, default=8, help="prompts scored before and after training")
-    p.add_argument("--output-dir", default="runs/textenv", help="TensorBoard events, samples, checkpoints, reward curve")
+    p.add_argument("--output-dir", default="runs/textenv",
+                   help="TensorBoard events, samples, checkpoints, reward curve")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--seed", type=int, default=0)

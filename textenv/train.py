@@ -35,7 +35,8 @@ def run_training(args: argparse.Namespace) -> int:
     )
     options = dict(
         batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, ppo_epochs=args.ppo_epochs,
-        advantage=args.advantage, group_size=args.group_size, device=args.device, precision=args.precision, seed=args.seed,
+        advantage=args.advantage, group_size=args.group_size, device=args.device, precision=args.precision,
+        seed=args.seed,
         run_dir=args.output_dir, checkpoint_every=max(1, args.iterations // 4),
     )
     options["learning_rate"] = args.lr
