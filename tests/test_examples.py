@@ -59,3 +59,12 @@ def test_train_ppo_user_code_is_ten_lines():
     text = (EXAMPLES / "train_ppo.py").read_text().split("# --- the user code: ten lines\n", 1)[1]
     code = [line for line in text.splitlines() if line.strip()]
     assert len(code) <= 10, code
+
+
+def test_rlhf_pipeline_runs_sft_reward_model_and_ppo_in_tiny_mode(tmp_path):
+    out = run_example("rlhf_pipeline.py", "--tiny", "--output-dir", str(tmp_path))
+    assert "held-out pairwise accuracy" in out, out
+    assert "pretrained" in out and "SFT (before PPO)" in out and "after PPO" in out, out
+    assert (tmp_path / "sft" / "model.safetensors").is_file()
+    assert (tmp_path / "reward_model" / "reward_model.json").is_file()
+    assert (tmp_path / "ppo" / "reward_curve.png").is_file()

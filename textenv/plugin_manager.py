@@ -29,6 +29,7 @@ BUILTIN_PLUGINS = (
     "textenv.plugins.length",
     "textenv.plugins.repetition",
     "textenv.plugins.python_function",
+    "textenv.plugins.reward_model",
     "textenv.plugins.prompt_sets",
 )
 

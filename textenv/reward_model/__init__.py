@@ -1,0 +1,60 @@
+"""Reward models learned from human preferences: data, Bradley-Terry training, ensembles, scoring.
+
+Example::
+
+    from textenv.reward_model import RewardModelConfig, load_preferences, train_reward_model
+
+    pairs = load_preferences("prefs.jsonl")  # {"prompt", "chosen", "rejected"} per line
+    result = train_reward_model(pairs, "runs/rm", RewardModelConfig(ensemble_size=3))
+    print(result.eval_accuracy)
+    mean, disagreement = result.model.score_with_disagreement(["Hi"], [" hello!"])
+
+The trained directory is a reward source: ``reward="reward_model:runs/rm"``.
+"""
+
+from textenv.reward_model.config import DEFAULT_BACKBONE, RewardModelConfig, RewardModelError
+from textenv.reward_model.data import (
+    PreferenceData,
+    PreferenceDataError,
+    PreferencePair,
+    elo_ratings,
+    elo_to_rewards,
+    load_preferences,
+    pairs_from_ratings,
+    ranking_to_pairs,
+    read_preferences,
+)
+from textenv.reward_model.encoding import TruncationWarning
+from textenv.reward_model.loss import bradley_terry_loss, pairwise_accuracy
+from textenv.reward_model.model import (
+    RewardModel,
+    evaluate_reward_model,
+    load_backbone,
+    load_reward_model,
+)
+from textenv.reward_model.trainer import TrainResult, split_pairs, train_reward_model
+
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "PreferenceData",
+    "PreferenceDataError",
+    "PreferencePair",
+    "RewardModel",
+    "RewardModelConfig",
+    "RewardModelError",
+    "TrainResult",
+    "TruncationWarning",
+    "bradley_terry_loss",
+    "elo_ratings",
+    "elo_to_rewards",
+    "evaluate_reward_model",
+    "load_backbone",
+    "load_preferences",
+    "load_reward_model",
+    "pairs_from_ratings",
+    "pairwise_accuracy",
+    "ranking_to_pairs",
+    "read_preferences",
+    "split_pairs",
+    "train_reward_model",
+]
