@@ -33,15 +33,20 @@ def main() -> None:
     parser.add_argument("--advantage", choices=["gae", "rloo", "grpo"], default="gae")
     parser.add_argument("--group-size", type=int, default=4, help="samples per prompt for rloo/grpo")
     parser.add_argument("--kl-horizon", type=int, default=10_000, help="adaptive KL controller's horizon")
+    parser.add_argument("--batch-size", type=int, default=16, help="episodes per iteration")
+    parser.add_argument("--mini-batch-size", type=int, default=8)
+    parser.add_argument("--ppo-epochs", type=int, default=4)
     args = parser.parse_args()
 
     env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward=args.reward,
                    max_new_tokens=32)
     agent = PPO(env, learning_rate=args.lr, run_dir=args.run_dir, seed=args.seed, checkpoint_every=0,
                 sample_every=10, progress=False, advantage=args.advantage, group_size=args.group_size,
-                kl_horizon=args.kl_horizon)
+                kl_horizon=args.kl_horizon, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size,
+                ppo_epochs=args.ppo_epochs)
     print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; "
-          f"reward {args.reward}; {'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
+          f"batch {args.batch_size}/{args.mini_batch_size} x {args.ppo_epochs} epochs; reward {args.reward}; "
+          f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
     print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'kl_coef':>7} {'s/iter':>7}", flush=True)
     vader, reached = [], None
     start = time.perf_counter()
