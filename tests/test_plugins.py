@@ -13,7 +13,7 @@ import textenv
 from textenv.plugin_manager import PluginError, make_plugin_manager
 from textenv.rewards import RewardError, RewardPipeline
 
-BUILTIN_SOURCES = ["keyword", "length", "repetition", "reward_model", "reward_model_disagreement", "sentiment"]
+BUILTIN_SOURCES = ["human", "keyword", "length", "repetition", "reward_model", "reward_model_disagreement", "sentiment"]
 
 
 def test_builtins_are_plugins_of_the_same_manager(pm):

@@ -129,7 +129,8 @@ def test_a_source_that_raises_is_named_with_the_failing_completion(pm):
 
 def test_unknown_source_lists_the_known_ones_and_a_close_match(pm):
     with pytest.raises(RewardError, match=r"unknown reward source 'sentimnet' \(did you mean 'sentiment'\?\)"
-                                          r".*keyword, length, repetition, reward_model, reward_model_disagreement, sentiment"):
+                                          r".*human, keyword, length, repetition, reward_model, "
+                                          r"reward_model_disagreement, sentiment"):
         RewardPipeline.from_spec("sentimnet", pm)
 
 

@@ -13,7 +13,7 @@ from textenv.models import DEFAULT_MODEL
 # Modules that keep their subcommands beside their feature. Each has
 # ``add_commands(sub)`` (adds its parsers, each with ``set_defaults(run=...)``) and
 # ``USER_ERRORS``, the exception types that main() prints as one clear line.
-COMMAND_MODULES: tuple[str, ...] = ("textenv.sft_cli", "textenv.reward_model.cli")
+COMMAND_MODULES: tuple[str, ...] = ("textenv.sft_cli", "textenv.reward_model.cli", "textenv.feedback.cli")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = (
     "textenv.plugins.python_function",
     "textenv.plugins.reward_model",
     "textenv.plugins.prompt_sets",
+    "textenv.plugins.human",
 )
 
 hookimpl = pluggy.HookimplMarker("textenv")

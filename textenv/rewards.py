@@ -8,6 +8,8 @@ takes only the context arguments it names, among:
 * ``completion_ids`` (list[list[int]]): the tokens the agent chose, EOS included;
 * ``terminated`` (list[bool]): True where the episode ended on EOS, False where it
   hit the length limit;
+* ``tokens`` (list[list[str]]): each token of ``completion_ids`` decoded on its own
+  (for per-token sources that show or judge tokens; decoded only when a source asks);
 
 plus any options given in the reward spec (``length(target=20)`` calls it with
 ``target=20``). It returns one float per completion, or, for per-token rewards
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
-CONTEXT_ARGS = ("prompts", "completions", "completion_ids", "terminated")
+CONTEXT_ARGS = ("prompts", "completions", "completion_ids", "terminated", "tokens")
 TERM_OPTIONS = ("weight", "normalize", "clip")
 
 
@@ -83,8 +85,9 @@ class RewardSource:
         fn, opts = self.fn, dict(options)
 
         def call(context: dict[str, Any]) -> Any:
-            return fn(**{a: context[a] for a in wanted}, **opts)
+            return fn(**{a: context[a] for a in wanted if a in context}, **opts)
 
+        call.wants_tokens = "tokens" in params  # type: ignore[attr-defined]
         return call
 
 
@@ -290,6 +293,11 @@ class RewardPipeline:
         return cls(terms)
 
     @property
+    def wants_tokens(self) -> bool:
+        """Whether a source takes ``tokens`` (the env decodes them only then)."""
+        return any(getattr(t.call, "wants_tokens", False) for t in self.terms)
+
+    @property
     def names(self) -> list[str]:
         """The term keys, in spec order."""
         return [t.key for t in self.terms]
@@ -300,8 +308,12 @@ class RewardPipeline:
         completions: list[str],
         completion_ids: list[list[int]],
         terminated: Sequence[bool],
+        tokens: Sequence[Sequence[str]] | None = None,
     ) -> RewardBatch:
         """Score a batch of finished episodes.
+
+        ``tokens`` (each completion token decoded on its own) is needed only when
+        :attr:`wants_tokens`.
 
         Raises:
             RewardError: a source raised, or returned the wrong count, NaN or inf; the
@@ -313,6 +325,10 @@ class RewardPipeline:
             "completion_ids": [list(ids) for ids in completion_ids],
             "terminated": [bool(t) for t in terminated],
         }
+        if tokens is not None:
+            context["tokens"] = [list(t) for t in tokens]
+        elif self.wants_tokens:
+            raise RewardError("a reward source of this spec needs tokens= (each token decoded on its own)")
         n = len(context["completions"])
         total = np.zeros(n, dtype=np.float64)
         terms, raw_terms = {}, {}

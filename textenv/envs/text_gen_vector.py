@@ -227,7 +227,11 @@ class TextGenVectorEnv(VectorEnv):
         completion_ids = [ids[:n] for ids, n in zip(self._ids[index, width:].tolist(), lengths)]
         completions = self.task.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         prompts = [self.row_prompts[i] for i in rows]
-        batch = self.task.rewards(prompts, completions, completion_ids, terminated[index].tolist())
+        tokens = None
+        if self.task.rewards.wants_tokens:  # per-token text, for sources that show or judge tokens
+            pieces = iter(self.task.tokenizer.batch_decode([[i] for ids in completion_ids for i in ids]))
+            tokens = [[next(pieces) for _ in ids] for ids in completion_ids]
+        batch = self.task.rewards(prompts, completions, completion_ids, terminated[index].tolist(), tokens)
         values = {
             "prompt": prompts,
             "completion": completions,

@@ -1,0 +1,231 @@
+"""Whole interactive sessions driven through a pseudo-terminal: keys typed → SQLite → kill -9 → all there."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import textenv
+from textenv.envs.text_gen_vector import TextGenVectorEnv
+from textenv.feedback.live import _sources
+from textenv.feedback.simulated import HumanModel, SimulatedHuman
+from textenv.feedback.store import FeedbackStore
+from textenv.generation import generate_episodes
+from textenv.models import TINY_MODEL, load_causal_lm
+
+FAST = "pace=200, min_delay=0.01, max_delay=0.2, gap=0.01, linger=0.05"
+
+
+class LetterCritic:
+    """A scripted critic for byte-level gibberish: words with an 'e' are good, with an 'x' bad."""
+
+    def word(self, word: str) -> float:
+        return 0.5 if "e" in word else -0.5 if "x" in word else 0.0
+
+    def completion(self, text: str) -> float:
+        return 0.0
+
+
+@pytest.fixture(autouse=True)
+def no_live_sources_left():
+    yield
+    for source in list(_sources.values()):
+        source.close()
+
+
+def _count(db, table: str) -> int:
+    if not os.path.exists(db):
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+    except sqlite3.OperationalError:  # the schema is not there yet
+        return 0
+    finally:
+        con.close()
+
+
+def _wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _spawn(args: list[str], slave: int, log) -> subprocess.Popen:
+    """Run ``textenv ARGS`` with the pty slave as its terminal (stdin and stdout)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TEXTENV_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    return subprocess.Popen([sys.executable, "-m", "textenv.cli", *args], stdin=slave, stdout=slave,
+                            stderr=log, env=env, close_fds=True)
+
+
+def test_the_human_source_credits_keys_stores_them_and_hhat_stands_in_for_silence(tmp_path):
+    db = tmp_path / "feedback.db"
+    model = load_causal_lm(TINY_MODEL)
+    with SimulatedHuman(LetterCritic(), behaviour=HumanModel().scaled(20), seed=1) as person:
+        spec = f"human(db='{db}', tty='{person.tty_path}', {FAST}, hhat_min_presses=5)"
+        env = TextGenVectorEnv(4, model=TINY_MODEL, prompts=["the movie", "hello"], reward=spec,
+                               max_new_tokens=16, autoreset_mode="Disabled")
+        for seed in range(2):
+            episodes = generate_episodes(model, env, seed=seed)
+        _wait_for(lambda: not person.pending, what="the last reactions")
+        assert person.presses > 5
+        _wait_for(lambda: _count(db, "keypresses") == person.presses, what="every key sent to be stored")
+        mask = episodes.completion_mask.bool()
+        assert episodes.token_rewards[mask].abs().sum() > 0  # per-token credit reached the agent
+        assert np.isclose(episodes.rewards, episodes.token_rewards.sum(1).double().numpy()).all()
+        screen = "".join(person.screen)
+        assert "↑ + g good" in screen and "▸" in screen
+        # the person stops judging: Ĥ fills the silence with its predictions
+        person.judge = False
+        silent = generate_episodes(model, env, seed=5)
+    assert silent.token_rewards[silent.completion_mask.bool()].abs().sum() > 0
+    source = next(iter(_sources.values()))
+    assert source.hhat.presses_seen >= 5 and source.options.hhat_path.exists()
+    with FeedbackStore(db) as store:
+        assert store.stats()["episodes_credited"] == 8  # the two attentive batches, not the silent one
+
+
+def test_unknown_keys_get_a_hint_and_help_is_shown(tmp_path):
+    model = load_causal_lm(TINY_MODEL)
+    with SimulatedHuman(judge=False) as person:
+        env = TextGenVectorEnv(1, model=TINY_MODEL, prompts=["hello"], max_new_tokens=24, autoreset_mode="Disabled",
+                               reward=f"human(db='{tmp_path / 'f.db'}', tty='{person.tty_path}', pace=40, linger=0.3)")
+        person.type("x?", at=time.time() + 0.3)
+        generate_episodes(model, env, seed=0)
+        time.sleep(0.1)
+        screen = "".join(person.screen)
+    assert "key 'x' does nothing here; press ? for help" in screen
+    assert screen.count("space pause · q quit") >= 2  # at the top, and again for "?"
+    assert _count(tmp_path / "f.db", "keypresses") == 0
+
+
+def test_token_labelling_survives_kill_9_with_every_keypress(tmp_path):
+    db = str(tmp_path / "feedback.db")
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr.txt", "w") as log:
+        child = _spawn(["feedback", "label", "--mode", "tokens", "--db", db, "--model", TINY_MODEL,
+                        "--prompts", "movie-reviews", "--num-prompts", "2", "--max-new-tokens", "16",
+                        "--pace", "50"], slave, log)
+    os.close(slave)
+    typed = [("g", "g", 1, 1.0), ("\x1b[A", "up", 1, 1.0), ("9", None, 0, 0), ("b", "b", -1, 1.8),
+             ("+", "+", 1, 1.8), ("2", None, 0, 0), ("\x1b[B", "down", -1, 0.4), ("-", "-", -1, 0.4)]
+    try:
+        with SimulatedHuman(master_fd=master, judge=False) as person:
+            _wait_for(lambda: "▸" in "".join(person.screen), what="the first streamed completion")
+            for keys, *_ in typed:
+                person.type(keys)
+                time.sleep(0.05)
+            expected = [(name, value, strength) for _, name, value, strength in typed if name]
+            _wait_for(lambda: _count(db, "keypresses") == len(expected), what="the keypresses to be committed")
+            child.send_signal(signal.SIGKILL)
+            assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        child.kill()
+        os.close(master)
+    with FeedbackStore(db) as store:
+        stored = [(p.key, p.value, p.strength) for p in store.keypresses()]
+        assert stored == [(n, float(v), pytest.approx(s)) for n, v, s in expected]
+        assert all(p.episode_id is not None for p in store.keypresses())  # each names what was on screen
+
+
+def test_rating_survives_kill_9_and_exports_preferences(tmp_path):
+    db, prompts = str(tmp_path / "feedback.db"), tmp_path / "one_prompt.txt"
+    prompts.write_text("The film was\n")
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr.txt", "w") as log:
+        child = _spawn(["feedback", "label", "--mode", "rate", "--db", db, "--model", TINY_MODEL,
+                        "--prompts", str(prompts), "--num-prompts", "4", "--max-new-tokens", "8"], slave, log)
+    os.close(slave)
+    try:
+        with SimulatedHuman(master_fd=master, judge=False) as person:
+            # (key, questions on screen before it is typed); x is no rating: a hint, and no label
+            for answer, asked in [("5", 1), ("x", 2), ("1", 2), ("3", 3)]:
+                _wait_for(lambda asked=asked: "".join(person.screen).count("rate 1-5") >= asked, what="a question")
+                person.type(answer)
+                time.sleep(0.1)
+            _wait_for(lambda: _count(db, "ratings") == 3, what="three ratings")
+            _wait_for(lambda: "".join(person.screen).count("rate 1-5") >= 4, what="the fourth question")
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+            assert "does nothing here" in "".join(person.screen)
+    finally:
+        child.kill()
+        os.close(master)
+    with FeedbackStore(db) as store:
+        assert [r["rating"] for r in store.ratings()] == [5.0, 1.0, 3.0]
+    out = tmp_path / "prefs.jsonl"
+    from textenv import cli
+
+    assert cli.main(["feedback", "export", "--db", db, "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 3 and all(r["prompt"] == "The film was" and r["chosen"] != r["rejected"] for r in rows)
+
+
+def test_training_with_a_simulated_human_at_the_terminal_survives_kill_9(tmp_path):
+    db = str(tmp_path / "feedback.db")
+    reward = f"human(db='{db}', {FAST}, hhat_min_presses=5)"
+    args = ["train", "--model", TINY_MODEL, "--prompts", "movie-reviews", "--reward", reward,
+            "--batch-size", "4", "--mini-batch-size", "4", "--ppo-epochs", "1", "--max-new-tokens", "12",
+            "--group-size", "2", "--eval-prompts", "0", "--output-dir", str(tmp_path / "run")]
+    # a complete short run: trains on keypresses, saves Ĥ
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr.txt", "w") as log:
+        child = _spawn([*args, "--iterations", "2"], slave, log)
+    os.close(slave)
+    with SimulatedHuman(LetterCritic(), behaviour=HumanModel().scaled(20), master_fd=master, seed=2) as person:
+        assert child.wait(timeout=120) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+    os.close(master)
+    assert "training reward by iteration" in "".join(person.screen)
+    assert (tmp_path / "feedback.hhat.safetensors").exists()
+    first = _count(db, "keypresses")
+    assert first > 0
+    # a long run, killed -9 mid-training: every keypress committed before the kill is still there
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr2.txt", "w") as log:
+        child = _spawn([*args, "--iterations", "50"], slave, log)
+    os.close(slave)
+    try:
+        with SimulatedHuman(LetterCritic(), behaviour=HumanModel().scaled(20), master_fd=master, seed=3) as person:
+            _wait_for(lambda: _count(db, "keypresses") >= first + 10, what="keypresses in the second run")
+            seen = _count(db, "keypresses")
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=10)
+    finally:
+        child.kill()
+        os.close(master)
+    with FeedbackStore(db) as store:
+        assert len(store.keypresses()) >= seen
+        assert store.stats()["sessions"] == 2
+    out = tmp_path / "prefs.jsonl"
+    with FeedbackStore(db) as store:
+        n = store.export_preferences(out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == n and all({"prompt", "chosen", "rejected"} <= set(r) for r in rows)
+
+
+def test_a_source_that_takes_tokens_gets_each_token_decoded(fresh_default_pm, byte_tokenizer):
+    seen = {}
+
+    @textenv.reward(name="token_texts")
+    def token_texts(completion_ids, tokens):
+        seen["ids"], seen["tokens"] = completion_ids, tokens
+        return [[0.0] * len(ids) for ids in completion_ids]
+
+    env = TextGenVectorEnv(2, model=TINY_MODEL, prompts=["hi"], reward="token_texts + length",
+                           max_new_tokens=5, autoreset_mode="Disabled")
+    assert env.task.rewards.wants_tokens
+    generate_episodes(load_causal_lm(TINY_MODEL), env, seed=0)
+    assert [len(t) for t in seen["tokens"]] == [len(ids) for ids in seen["ids"]]
+    assert seen["tokens"] == [[byte_tokenizer.decode([i]) for i in ids] for ids in seen["ids"]]
+    assert not TextGenVectorEnv(1, model=TINY_MODEL, prompts=["hi"], reward="length").task.rewards.wants_tokens

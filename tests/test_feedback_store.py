@@ -1,0 +1,120 @@
+"""The SQLite feedback store: durable labels, preference export, stats, clear errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from textenv import cli
+from textenv.feedback.store import FeedbackStore, FeedbackStoreError, Keypress
+
+
+@pytest.fixture
+def store(tmp_path):
+    with FeedbackStore(tmp_path / "feedback.db") as store:
+        yield store
+
+
+def test_the_store_is_wal_with_full_sync_and_every_write_is_committed(store):
+    session = store.start_session("rate")
+    episode = store.add_episode(session, "The film", " was great", [5, 6], [" was", " great"])
+    store.add_keypress(session, Keypress(at=1.5, key="up", value=1.0, strength=1.4, episode_id=episode))
+    store.add_rating(session, episode, 4, scale=5)
+    assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert not store._db.in_transaction
+    # a second, independent connection sees every label without any close or flush
+    other = sqlite3.connect(store.path)
+    assert other.execute("SELECT key, value, strength FROM keypresses").fetchall() == [("up", 1.0, 1.4)]
+    assert other.execute("SELECT rating, scale FROM ratings").fetchall() == [(4.0, 5)]
+    other.close()
+
+
+def test_episodes_keypresses_and_token_rewards_round_trip(store):
+    session = store.start_session("tokens")
+    episode = store.add_episode(session, "p", "ab", [1, 2], ["a", "b"])
+    store.set_display_times(episode, [10.0, 10.25], 11.0)
+    store.set_token_rewards(episode, [0.25, -0.5], [0.3, 0.6])
+    store.add_keypress(session, Keypress(at=10.5, key="b", value=-1.0, episode_id=episode))
+    [row] = store.episodes()
+    assert row["tokens"] == ["a", "b"] and row["shown_at"] == [10.0, 10.25] and row["hidden_at"] == 11.0
+    assert store.token_feedback() == [([1, 2], [0.25, -0.5], [0.3, 0.6])]
+    assert store.keypresses(session) == [Keypress(10.5, "b", -1.0, 1.0, episode)]
+
+
+def test_export_writes_preference_jsonl_from_comparisons_and_ratings(store, tmp_path):
+    session = store.start_session("compare")
+    store.add_comparison(session, "p1", "left text", "right text", "b", disagreement=0.3)
+    store.add_comparison(session, "p1", "x", "y", "a")
+    store.add_comparison(session, "p1", "x", "z", "tie")
+    store.add_comparison(session, "p1", "x", "w", "skip")
+    good = store.add_episode(session, "p2", "lovely", [1], ["lovely"])
+    bad = store.add_episode(session, "p2", "awful", [2], ["awful"])
+    store.add_rating(session, good, 5, scale=5)
+    store.add_rating(session, bad, 2, scale=5)
+    out = tmp_path / "prefs.jsonl"
+    assert store.export_preferences(out) == 3
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows == [
+        {"prompt": "p1", "chosen": "right text", "rejected": "left text"},
+        {"prompt": "p1", "chosen": "x", "rejected": "y"},
+        {"prompt": "p2", "chosen": "lovely", "rejected": "awful", "margin": pytest.approx(0.6)},
+    ]
+    assert store.export_preferences(out, include_ratings=False) == 2
+
+
+def test_stats_count_everything(store):
+    session = store.start_session("tokens")
+    for value in (1.0, 1.0, -1.0):
+        store.add_keypress(session, Keypress(at=1.0, key="g" if value > 0 else "b", value=value))
+    store.add_comparison(session, "p", "a", "b", "a")
+    store.end_session(session)
+    stats = store.stats()
+    assert (stats["keypresses"], stats["keypresses_good"], stats["keypresses_bad"]) == (3, 2, 1)
+    assert stats["comparisons_a"] == 1 and stats["preference_pairs"] == 1 and stats["sessions"] == 1
+
+
+def test_bad_labels_are_refused(store):
+    session = store.start_session("rate")
+    episode = store.add_episode(session, "p", "c", [1], ["c"])
+    with pytest.raises(ValueError, match="between 1 and 5"):
+        store.add_rating(session, episode, 6, scale=5)
+    with pytest.raises(ValueError, match="choice"):
+        store.add_comparison(session, "p", "a", "b", "left")
+
+
+def test_a_file_that_is_not_a_store_is_named_in_the_error(tmp_path):
+    path = tmp_path / "notes.db"
+    path.write_text("these are my notes, not a database\n" * 50)
+    with pytest.raises(FeedbackStoreError, match="notes.db"):
+        FeedbackStore(path)
+
+
+def test_cli_export_and_stats(tmp_path, capsys):
+    db = tmp_path / "feedback.db"
+    with FeedbackStore(db) as store:
+        session = store.start_session("compare")
+        store.add_comparison(session, "p", "good one", "bad one", "a")
+    out = tmp_path / "prefs.jsonl"
+    assert cli.main(["feedback", "export", "--db", str(db), "--output", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"prompt": "p", "chosen": "good one", "rejected": "bad one"}
+    assert cli.main(["feedback", "stats", "--db", str(db), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["comparisons"] == 1
+    assert cli.main(["feedback", "stats", "--db", str(tmp_path / "missing.db")]) == 2
+    assert "missing.db: no such feedback store" in capsys.readouterr().err
+
+
+def test_keypress_feedback_on_two_completions_of_a_prompt_gives_a_pair(store):
+    session = store.start_session("tokens")
+    liked = store.add_episode(session, "p", "fine film", [1, 2], ["fine", " film"])
+    disliked = store.add_episode(session, "p", "dull film", [3, 2], ["dull", " film"])
+    close = store.add_episode(session, "p", "ok film", [4, 2], ["ok", " film"])
+    store.set_token_rewards(liked, [0.5, 0.3], [0.5, 0.3])
+    store.set_token_rewards(disliked, [-0.6, 0.0], [0.6, 0.0])
+    store.set_token_rewards(close, [0.6, 0.0], [0.6, 0.0])  # within half a press of "fine film"
+    pairs = store.preference_pairs()
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("fine film", "dull film"), ("ok film", "dull film")]
+    assert pairs[0]["margin"] == pytest.approx(1.4)
+    assert store.preference_pairs(include_tokens=False) == []

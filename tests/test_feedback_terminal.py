@@ -1,0 +1,122 @@
+"""Key reading at a terminal: names, no blocking, a clear error off a terminal, the terminal restored."""
+
+from __future__ import annotations
+
+import os
+import pty
+import signal
+import subprocess
+import sys
+import termios
+import textwrap
+import time
+
+import pytest
+
+from textenv import cli
+from textenv.feedback.terminal import KeyReader, TerminalError, split_keys
+
+
+@pytest.fixture
+def pty_pair():
+    master, slave = pty.openpty()
+    yield master, slave
+    for fd in (master, slave):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _wait_keys(reader, n, timeout=5.0):
+    keys, deadline = [], time.time() + timeout
+    while len(keys) < n and time.time() < deadline:
+        keys += reader.drain()
+        time.sleep(0.01)
+    return keys
+
+
+def test_keys_are_named_as_people_know_them():
+    names = ["g", "up", "down", "+", "-", "3", "space", "q", "?", "enter", "esc"]
+    assert split_keys(b"g\x1b[A\x1bOB+-3 q?\r\x1b") == names
+    assert split_keys(b"\x1b[15~x") == ["unknown-escape", "x"]  # F5 is skipped whole
+    assert split_keys(b"\x03") == ["0x03"]
+
+
+def test_a_pipe_is_refused_at_once_with_a_clear_error():
+    read_end, write_end = os.pipe()
+    try:
+        start = time.time()
+        with pytest.raises(TerminalError, match="not a terminal"):
+            KeyReader(read_end)
+        assert time.time() - start < 1.0
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_the_cli_refuses_a_piped_stdin_before_loading_a_model(tmp_path, capsys, monkeypatch):
+    read_end, write_end = os.pipe()
+    os.close(write_end)
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read_end))
+    start = time.time()
+    rc = cli.main(["feedback", "label", "--db", str(tmp_path / "f.db"), "--model", "tiny-random"])
+    assert rc == 2 and time.time() - start < 5
+    err = capsys.readouterr().err
+    assert err.startswith("textenv: error: stdin is not a terminal") and "interactive terminal" in err
+
+
+def test_keys_arrive_timestamped_while_the_main_thread_works_and_the_terminal_is_restored(pty_pair):
+    master, slave = pty_pair
+    before = termios.tcgetattr(slave)
+    seen = []
+    with KeyReader(slave, on_key=seen.append) as reader:
+        during = termios.tcgetattr(slave)
+        assert not during[3] & termios.ECHO and not during[3] & termios.ICANON  # cbreak: keys one by one
+        assert during[3] & termios.ISIG  # Ctrl-C still interrupts
+        typed_at = time.time()
+        os.write(master, b"g\x1b[Ab")
+        busy_until = time.time() + 0.2
+        while time.time() < busy_until:  # the main thread computes; the reader thread takes the keys
+            sum(range(1000))
+        keys = _wait_keys(reader, 3)
+    assert [k.name for k in keys] == ["g", "up", "b"] == [k.name for k in seen]
+    assert all(typed_at <= k.at <= typed_at + 0.5 for k in keys)
+    assert termios.tcgetattr(slave) == before
+
+
+def test_the_terminal_is_restored_after_an_exception(pty_pair):
+    _, slave = pty_pair
+    before = termios.tcgetattr(slave)
+    with pytest.raises(RuntimeError, match="boom"), KeyReader(slave):
+        raise RuntimeError("boom")
+    assert termios.tcgetattr(slave) == before
+
+
+def test_the_terminal_is_restored_on_sigterm(pty_pair):
+    _, slave = pty_pair
+    before = termios.tcgetattr(slave)
+    script = textwrap.dedent("""
+        import sys, time
+        from textenv.feedback.terminal import KeyReader
+        with KeyReader():
+            print("ready", flush=True)
+            time.sleep(60)
+    """)
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=slave, stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline().strip() == b"ready"
+        assert termios.tcgetattr(slave) != before  # cbreak while it runs
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=10) == 128 + signal.SIGTERM
+    finally:
+        child.kill()
+    assert termios.tcgetattr(slave) == before
+
+
+def test_a_closed_terminal_ends_the_reading(pty_pair):
+    master, slave = pty_pair
+    with KeyReader(slave) as reader:
+        os.close(master)
+        assert reader.hung_up.wait(5)
+        assert [k.name for k in reader.drain()][-1] == "hangup"

@@ -1,0 +1,162 @@
+"""Episode-level feedback: rate a whole completion, or compare two (A/B).
+
+The A/B pairs are chosen where a reward-model ensemble disagrees most (Christiano
+et al.): for completions i and j of the same prompt with ensemble means μ and
+standard deviations σ, the spread of the members' score difference is about
+``σ_ij = sqrt(σ_i² + σ_j²)`` (members' errors taken as independent); the pairs with
+the largest ``σ_ij`` are asked first, ties broken by the smaller ``|μ_i − μ_j|``. A
+single model (σ = 0 everywhere) falls back to the closest means: the pair whose
+preference it is least sure of. Each answer is committed before the next question.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Sequence
+from typing import TextIO
+
+import numpy as np
+
+from textenv.feedback.store import FeedbackStore
+from textenv.feedback.stream import printable
+from textenv.feedback.terminal import KeyReader
+
+RATE_HELP = "rate {lo}-{hi} · s skip · q quit · ? help"
+COMPARE_HELP = "a or ← left is better · b or → right is better · t tie · s skip · q quit · ? help"
+_BOLD, _DIM, _RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
+
+
+def select_pairs(
+    mean: np.ndarray, std: np.ndarray, groups: Sequence[int], n_pairs: int | None = None, *, per_group: int = 1
+) -> list[tuple[int, int, float]]:
+    """The pairs to ask about, where the ensemble disagrees most.
+
+    Args:
+        mean: (N,) the ensemble's mean score of each completion.
+        std: (N,) the spread of its members' scores.
+        groups: (N,) which prompt each completion answers; only same-group pairs are formed.
+        n_pairs: how many pairs to return (all qualifying pairs by default).
+        per_group: at most this many pairs per prompt.
+
+    Returns:
+        ``(i, j, disagreement)`` triples, most disagreed first; disagreement is ``σ_ij``.
+    """
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    groups = np.asarray(groups)
+    if not (mean.shape == std.shape == groups.shape) or mean.ndim != 1:
+        raise ValueError(f"mean, std and groups must be (N,) each, got {mean.shape}, {std.shape}, {groups.shape}")
+    candidates = []
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        for a in range(len(members)):
+            for b in range(a + 1, len(members)):
+                i, j = int(members[a]), int(members[b])
+                spread = float(np.hypot(std[i], std[j]))
+                candidates.append((-spread, abs(mean[i] - mean[j]), i, j, g))
+    candidates.sort()
+    taken: dict[object, int] = {}
+    pairs = []
+    for neg_spread, _, i, j, g in candidates:
+        if taken.get(g, 0) >= per_group:
+            continue
+        taken[g] = taken.get(g, 0) + 1
+        pairs.append((i, j, -neg_spread))
+        if n_pairs is not None and len(pairs) >= n_pairs:
+            break
+    return pairs
+
+
+def _next_key(reader: KeyReader, allowed: set[str], out: TextIO, help_line: str) -> str:
+    """Wait for one of ``allowed`` (or q); other keys get a hint, ? and h show the help."""
+    while True:
+        try:
+            key = reader.keys.get(timeout=0.1)
+        except queue.Empty:
+            continue
+        if key.name in allowed or key.name in ("q", "hangup"):
+            return key.name
+        if key.name in ("?", "h"):
+            out.write(f"  ({help_line})\n")
+        else:
+            out.write(f"  (key {key.name!r} does nothing here; press ? for help)\n")
+        out.flush()
+
+
+def rate_completions(
+    store: FeedbackStore,
+    session_id: int,
+    reader: KeyReader,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    completion_ids: Sequence[Sequence[int]],
+    tokens: Sequence[Sequence[str]],
+    *,
+    scale: int = 5,
+    out: TextIO | None = None,
+) -> tuple[int, bool]:
+    """Ask for a 1..scale rating of each completion; each is committed before the next question.
+
+    Returns:
+        (ratings given, whether the person quit).
+    """
+    out = out or reader.output()
+    allowed = {str(k) for k in range(1, scale + 1)} | {"s"}
+    help_line = RATE_HELP.format(lo=1, hi=scale)
+    given = 0
+    for i, (prompt, completion) in enumerate(zip(prompts, completions)):
+        episode_id = store.add_episode(session_id, prompt, completion, completion_ids[i], tokens[i])
+        out.write(f"\n{_DIM}[{i + 1}/{len(completions)}] {prompt}{_RESET}{_BOLD}{printable(completion)}{_RESET}\n"
+                  f"  {help_line}: ")
+        out.flush()
+        answer = _next_key(reader, allowed, out, help_line)
+        if answer in ("q", "hangup"):
+            out.write("quit\n")
+            return given, True
+        if answer != "s":
+            store.add_rating(session_id, episode_id, int(answer), scale=scale)
+            given += 1
+        out.write(f"{answer}\n")
+        out.flush()
+    return given, False
+
+
+def compare_completions(
+    store: FeedbackStore,
+    session_id: int,
+    reader: KeyReader,
+    prompts: Sequence[str],
+    completions: Sequence[str],
+    pairs: Sequence[tuple[int, int, float]],
+    *,
+    out: TextIO | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[int, bool]:
+    """Ask which of two completions is better, for each pair; each answer is committed at once.
+
+    Each pair is shown in a random left/right order (no position bias in the data).
+
+    Returns:
+        (answers given, not counting skips; whether the person quit).
+    """
+    out = out or reader.output()
+    rng = rng or np.random.default_rng()
+    allowed = {"a", "b", "left", "right", "t", "s"}
+    given = 0
+    for n, (i, j, disagreement) in enumerate(pairs):
+        if rng.random() < 0.5:
+            i, j = j, i
+        out.write(f"\n{_DIM}[{n + 1}/{len(pairs)}] {prompts[i]}{_RESET}\n"
+                  f"  {_BOLD}A{_RESET} {printable(completions[i])}\n  {_BOLD}B{_RESET} {printable(completions[j])}\n"
+                  f"  {COMPARE_HELP}: ")
+        out.flush()
+        answer = _next_key(reader, allowed, out, COMPARE_HELP)
+        if answer in ("q", "hangup"):
+            out.write("quit\n")
+            return given, True
+        choice = {"a": "a", "left": "a", "b": "b", "right": "b", "t": "tie", "s": "skip"}[answer]
+        store.add_comparison(session_id, prompts[i], completions[i], completions[j], choice,
+                             disagreement=disagreement if np.isfinite(disagreement) else None)
+        given += choice != "skip"
+        out.write(f"{choice}\n")
+        out.flush()
+    return given, False

@@ -1,0 +1,183 @@
+"""The live human reward source behind the ``human`` plugin: stream, take keys, credit, mix in Ĥ.
+
+One :class:`HumanFeedbackSource` per set of options lives for the whole process (a
+run calls the reward source once per batch of finished episodes). On its first call
+it opens the store, checks that it has a terminal and starts the key reader; every
+call streams the completions at the chosen pace, credits the keypresses to the
+tokens, stores everything, trains Ĥ, and returns per-token rewards:
+
+* a token some keypress was credited to gets the person's credited reward;
+* a token no keypress reached (the person was silent, away, or had quit) gets
+  ``hhat_mix * Ĥ(token)``, once Ĥ has learned from ``hhat_min_presses`` keypresses
+  (before that: 0).
+
+Ĥ is saved next to the database after every batch with feedback, and on the next
+start it is reloaded and its replay buffer rebuilt from the store.
+"""
+
+from __future__ import annotations
+
+import atexit
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from textenv.feedback.credit import UniformDelay
+from textenv.feedback.hhat import HumanRewardModel
+from textenv.feedback.store import FeedbackStore
+from textenv.feedback.stream import StreamConfig, TokenFeedback
+from textenv.feedback.terminal import KeyReader
+
+
+@dataclass(frozen=True, kw_only=True)
+class HumanOptions:
+    """Options of the ``human`` reward source (``human(db=run/feedback.db, pace=6)``)."""
+
+    db: str = "feedback.db"
+    """The SQLite feedback store (created if missing)."""
+    pace: float = 4.0
+    """Tokens shown per second."""
+    min_delay: float = 0.2
+    """Shortest reaction delay (s) a keypress is credited back over."""
+    max_delay: float = 4.0
+    """Longest reaction delay (s)."""
+    gap: float = 0.5
+    """Seconds between completions."""
+    linger: float = 1.0
+    """Seconds to wait for late keys after a batch."""
+    show: int = 0
+    """Show at most this many completions per call (0: all); Ĥ scores the others."""
+    hhat: str | None = None
+    """Where Ĥ is saved; ``<db without suffix>.hhat.safetensors`` by default."""
+    hhat_mix: float = 1.0
+    """Weight of Ĥ's prediction on tokens no keypress reached (0: silence is 0 reward)."""
+    hhat_min_presses: int = 20
+    """Keypresses Ĥ must have learned from before it stands in."""
+    hhat_interval: float = 0.25
+    """Seconds between Ĥ's scheduled training steps while the display waits."""
+    tty: str | None = None
+    """A terminal device to use instead of stdin/stdout (e.g. a pseudo-terminal's slave)."""
+
+    @property
+    def hhat_path(self) -> Path:
+        """Where Ĥ is saved and reloaded."""
+        if self.hhat:
+            return Path(self.hhat)
+        db = Path(self.db)
+        return db.with_name(db.stem + ".hhat.safetensors")
+
+    def stream_config(self) -> StreamConfig:
+        """The display and credit settings."""
+        return StreamConfig(pace=self.pace, delay=UniformDelay(min_delay=self.min_delay, max_delay=self.max_delay),
+                            gap=self.gap, linger=self.linger)
+
+
+class HumanFeedbackSource:
+    """The per-process state of the ``human`` source: store, terminal, Ĥ."""
+
+    def __init__(self, options: HumanOptions, *, mode: str = "train"):
+        self.options = options
+        self.config = options.stream_config()  # validates the numbers before anything opens
+        self.reader = KeyReader(tty_path=options.tty)  # raises TerminalError if there is no terminal
+        self.store = FeedbackStore(options.db)
+        self.session_id = self.store.start_session(mode, **asdict(options))
+        self.hhat = self._load_hhat()
+        self.feedback = TokenFeedback(self.store, self.session_id, config=self.config, reader=self.reader)
+        self.reader.start()
+        self._last_idle_step = 0.0
+        self.batches = 0
+        atexit.register(self.close)
+
+    def _load_hhat(self) -> HumanRewardModel:
+        path = self.options.hhat_path
+        hhat = HumanRewardModel.load(path) if path.exists() else HumanRewardModel()
+        episodes = self.store.token_feedback()
+        hhat.observe([ids for ids, _, _ in episodes], [r for _, r, _ in episodes])
+        hhat.presses_seen = len(self.store.keypresses())
+        if hhat.buffer_len and not path.exists():  # feedback stored but no saved Ĥ: learn it now
+            hhat.update()
+        return hhat
+
+    @property
+    def quit(self) -> bool:
+        """Whether the person pressed q (or the terminal closed): Ĥ stands in from then on."""
+        return self.feedback.quit.is_set()
+
+    def __call__(
+        self,
+        prompts: Sequence[str],
+        completions: Sequence[str],
+        completion_ids: Sequence[Sequence[int]],
+        tokens: Sequence[Sequence[str]],
+    ) -> list[np.ndarray]:
+        """Stream the episodes, collect and credit feedback; per-token rewards for each."""
+        n = len(completions)
+        was_quit = self.quit
+        rewards = [np.zeros(len(ids)) for ids in completion_ids]
+        masses = [np.zeros(len(ids)) for ids in completion_ids]
+        if not was_quit:
+            show = list(range(n if self.options.show <= 0 else min(n, self.options.show)))
+            self.batches += 1
+            result = self.feedback.stream(
+                [prompts[i] for i in show], [completions[i] for i in show],
+                [completion_ids[i] for i in show], [tokens[i] for i in show],
+                title=f"── batch {self.batches}: {len(show)} of {n} completions at {self.options.pace:g} tokens/s ──",
+                idle=self._idle,
+            )
+            for j, i in enumerate(show):
+                rewards[i], masses[i] = result.rewards[j], result.masses[j]
+            if result.attentive:
+                self.hhat.observe([completion_ids[show[j]] for j in result.shown],
+                                  [result.rewards[j] for j in result.shown], presses=len(result.presses))
+                self.hhat.update()
+                self.hhat.save(self.options.hhat_path)
+        if self.options.hhat_mix and self.hhat.presses_seen >= self.options.hhat_min_presses:
+            predicted = self.hhat.predict(completion_ids)
+            for i in range(n):
+                silent = masses[i] == 0
+                rewards[i][silent] += self.options.hhat_mix * predicted[i][silent]
+        if self.quit and not was_quit:
+            self._on_quit()
+        return rewards
+
+    def _idle(self) -> None:
+        """Ĥ's scheduled training: one step every ``hhat_interval`` seconds of display waiting."""
+        now = time.monotonic()
+        if self.hhat.buffer_len and now - self._last_idle_step >= self.options.hhat_interval:
+            self._last_idle_step = now
+            self.hhat.update(1)
+
+    def _on_quit(self) -> None:
+        """The person quit: say so, and ask a training loop to stop as a first Ctrl-C does."""
+        self.feedback.write("\n(feedback ended: Ĥ stands in from here)\n")
+        handler = signal.getsignal(signal.SIGINT)
+        if handler not in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL, None):
+            signal.raise_signal(signal.SIGINT)  # a graceful handler (PPO.learn): stop after this iteration
+
+    def close(self) -> None:
+        """Restore the terminal, save Ĥ, mark the session ended (at exit, or when done)."""
+        self.reader.close()
+        if self.hhat.updates:
+            self.hhat.save(self.options.hhat_path)
+        try:
+            self.store.end_session(self.session_id)
+            self.store.close()
+        except Exception as exc:  # noqa: BLE001  (at exit: report, never raise)
+            print(f"textenv: could not close {self.options.db}: {exc}", file=sys.stderr)
+        atexit.unregister(self.close)
+        _sources.pop(self.options, None)
+
+
+_sources: dict[HumanOptions, HumanFeedbackSource] = {}
+
+
+def human_source(options: HumanOptions, *, mode: str = "train") -> HumanFeedbackSource:
+    """The process's live source for these options (opened on first use)."""
+    if options not in _sources:
+        _sources[options] = HumanFeedbackSource(options, mode=mode)
+    return _sources[options]

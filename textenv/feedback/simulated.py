@@ -1,0 +1,253 @@
+"""A simulated human for tests and benchmarks: reads the terminal, judges, presses keys late and noisily.
+
+:class:`SimulatedHuman` sits on the master side of a pseudo-terminal. The program
+under test uses the slave side exactly as it would a person's terminal (the same
+:class:`~textenv.feedback.terminal.KeyReader`, cbreak mode and all): it writes the
+display there, and reads keys from there. The simulated human reads the display as
+it appears, judges each word of a completion with a scripted critic (and the whole
+completion when it ends), and answers with keypresses after a human-like reaction
+delay, sometimes missing a judgement and sometimes pressing the wrong key.
+
+Example::
+
+    with SimulatedHuman(VaderCritic(), seed=0) as person:
+        reward = f"human(tty='{person.tty_path}', pace=40, min_delay=0.02, max_delay=0.4)"
+        ...                                    # train; person.presses counts the keys sent
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import functools
+import heapq
+import os
+import pty
+import re
+import select
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+from textenv.feedback.stream import COMPLETION_END, COMPLETION_START, DEFAULT_STRENGTH
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+class Critic(Protocol):
+    """What the simulated human thinks: a score per word and per whole completion (0: no opinion)."""
+
+    def word(self, word: str) -> float: ...
+
+    def completion(self, text: str) -> float: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class VaderCritic:
+    """Judges with VADER: a word by its lexicon valence / 4, a completion by its compound score."""
+
+    target: str = "positive"
+    """``"negative"`` flips every judgement."""
+
+    def word(self, word: str) -> float:
+        return self._sign * _vader().lexicon.get(word.lower(), 0.0) / 4.0
+
+    def completion(self, text: str) -> float:
+        return self._sign * _vader().polarity_scores(text)["compound"]
+
+    @property
+    def _sign(self) -> float:
+        return 1.0 if self.target == "positive" else -1.0
+
+
+@functools.cache
+def _vader():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+@dataclass(frozen=True, kw_only=True)
+class HumanModel:
+    """How the simulated person behaves."""
+
+    reaction_min: float = 0.3
+    """Shortest reaction delay (s) from seeing a word to pressing."""
+    reaction_max: float = 1.5
+    """Longest reaction delay (s)."""
+    word_threshold: float = 0.25
+    """Judge a word only when its |score| reaches this (VADER: valence 1.0)."""
+    completion_threshold: float = 0.3
+    """Judge a finished completion only when its |score| reaches this."""
+    miss: float = 0.1
+    """Probability of not pressing at all for a judgement."""
+    flip: float = 0.05
+    """Probability of pressing the opposite key."""
+
+    def scaled(self, factor: float) -> HumanModel:
+        """The same person on a time axis ``factor`` times faster (fast benchmark replays)."""
+        return HumanModel(reaction_min=self.reaction_min / factor, reaction_max=self.reaction_max / factor,
+                          word_threshold=self.word_threshold, completion_threshold=self.completion_threshold,
+                          miss=self.miss, flip=self.flip)
+
+
+class SimulatedHuman:
+    """A person simulated on the master side of a pseudo-terminal.
+
+    Args:
+        critic: what the person thinks of words and completions.
+        behaviour: reaction delays and noise.
+        seed: seeds the delays and the noise.
+        master_fd: drive an existing pty master (e.g. a child made by ``pty.fork``);
+            by default a new pty pair is opened and :attr:`tty_path` names its slave.
+        judge: whether to judge what is shown (False: only type what :meth:`type` is given).
+    """
+
+    def __init__(self, critic: Critic | None = None, *, behaviour: HumanModel = HumanModel(), seed: int = 0,
+                 master_fd: int | None = None, judge: bool = True):
+        self.critic = critic or VaderCritic()
+        self.behaviour = behaviour
+        self.rng = np.random.default_rng(seed)
+        self.judge = judge
+        self._slave_fd = None
+        if master_fd is None:
+            master_fd, self._slave_fd = pty.openpty()
+        self.master_fd = master_fd
+        self.tty_path = os.ttyname(self._slave_fd) if self._slave_fd is not None else None
+        self.presses = 0
+        self.judgements: list[tuple[str, float]] = []
+        self.screen: list[str] = []
+        self._pending: list[tuple[float, int, bytes]] = []  # heap of (due time, order, bytes)
+        self._order = 0
+        self._lock = threading.Lock()
+        self._in_completion = False
+        self._word = ""
+        self._completion = ""
+        self._stop = threading.Event()
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # chunks split characters
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- lifetime
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start reading the screen and pressing keys in a background thread."""
+        self._thread = threading.Thread(target=self._loop, name="simulated-human", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop, and close the pty this object opened."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            self._thread = None
+        if self._slave_fd is not None:
+            for fd in (self.master_fd, self._slave_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            self._slave_fd = None
+
+    # ------------------------------------------------------------------ acting
+
+    @property
+    def pending(self) -> int:
+        """Keypresses decided on but not yet typed (the reaction delay has not passed)."""
+        with self._lock:
+            return len(self._pending)
+
+    def type(self, keys: str | bytes, *, at: float | None = None) -> None:
+        """Type keys (at wall time ``at``, or now): ``"g"``, ``"\\x1b[A"`` (up) ..."""
+        self._schedule(at if at is not None else time.time(), keys.encode() if isinstance(keys, str) else keys)
+
+    def _schedule(self, due: float, data: bytes) -> None:
+        with self._lock:
+            heapq.heappush(self._pending, (due, self._order, data))
+            self._order += 1
+
+    def _react(self, score: float, what: str) -> None:
+        """Decide whether and how to press for a judgement, and schedule it."""
+        b = self.behaviour
+        self.judgements.append((what, score))
+        if self.rng.random() < b.miss:
+            return
+        good = score > 0
+        if self.rng.random() < b.flip:
+            good = not good
+        level = int(np.clip(round(abs(score) * 2 * DEFAULT_STRENGTH), 1, 9))
+        delay = self.rng.uniform(b.reaction_min, b.reaction_max)
+        self._schedule(time.time() + delay, f"{level}{'g' if good else 'b'}".encode())
+
+    def _see(self, text: str) -> None:
+        """Read newly displayed text as a person would: word by word, then the whole completion."""
+        text = _ANSI.sub("", text).replace("\r", "")
+        self.screen.append(text)
+        if not self.judge:
+            return
+        b = self.behaviour
+        for ch in text:
+            if ch == COMPLETION_START:
+                self._in_completion, self._word, self._completion = True, "", ""
+                continue
+            if not self._in_completion:
+                continue
+            if ch == COMPLETION_END:
+                self._end_word()
+                self._in_completion = False
+                score = self.critic.completion(self._completion)
+                if abs(score) >= b.completion_threshold:
+                    self._react(score, self._completion)
+                continue
+            self._completion += ch
+            if ch.isalpha() or ch == "'":
+                self._word += ch
+            else:
+                self._end_word()
+
+    def _end_word(self) -> None:
+        if self._word:
+            score = self.critic.word(self._word)
+            if abs(score) >= self.behaviour.word_threshold:
+                self._react(score, self._word)
+        self._word = ""
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                due = self._pending[0][0] if self._pending else None
+            timeout = 0.05 if due is None else max(0.0, min(0.05, due - time.time()))
+            try:
+                ready, _, _ = select.select([self.master_fd], [], [], timeout)
+            except (OSError, ValueError):
+                return
+            if ready:
+                try:
+                    data = os.read(self.master_fd, 4096)
+                except OSError:  # the other side closed
+                    return
+                if not data:
+                    return
+                self._see(self._decoder.decode(data))
+            now = time.time()
+            while True:
+                with self._lock:
+                    if not self._pending or self._pending[0][0] > now:
+                        break
+                    _, _, keys = heapq.heappop(self._pending)
+                try:
+                    os.write(self.master_fd, keys)
+                except OSError:
+                    return
+                self.presses += keys.count(b"g") + keys.count(b"b")
