@@ -184,8 +184,29 @@ def _parse_term(sign: float, text: str) -> TermSpec:
     )
 
 
+_BARE_VALUE = re.compile(r"""(?P<key>\b[A-Za-z_]\w*\s*=\s*)(?P<value>[^\s,()\[\]{}'"=]+)(?=\s*(?:,|$))""")
+
+
+def _quote_bare_paths(args: str) -> str:
+    """Quote unquoted path-like values (``db=runs/f.db``, ``path=/tmp/rm``), which Python can't read."""
+
+    def quote(match: re.Match) -> str:
+        value = match["value"]
+        try:
+            ast.literal_eval(value)  # a number, True/False/None: leave it
+            return match[0]
+        except (ValueError, SyntaxError):
+            pass
+        if value.isidentifier() or not any(c in value for c in "/.~\\:"):
+            return match[0]  # a bare word is read as a string anyway
+        return f"{match['key']}{value!r}"
+
+    return _BARE_VALUE.sub(quote, args)
+
+
 def _parse_options(args: str) -> dict[str, Any]:
-    """Read ``key=value, ...``; values are Python literals, where a bare word is a string."""
+    """Read ``key=value, ...``; values are Python literals, where a bare word or path is a string."""
+    args = _quote_bare_paths(args)
     try:
         call = ast.parse(f"f({args})", mode="eval").body
     except SyntaxError as exc:
