@@ -229,3 +229,38 @@ def test_a_source_that_takes_tokens_gets_each_token_decoded(fresh_default_pm, by
     assert [len(t) for t in seen["tokens"]] == [len(ids) for ids in seen["ids"]]
     assert seen["tokens"] == [[byte_tokenizer.decode([i]) for i in ids] for ids in seen["ids"]]
     assert not TextGenVectorEnv(1, model=TINY_MODEL, prompts=["hi"], reward="length").task.rewards.wants_tokens
+
+
+def test_comparing_asks_where_a_real_reward_model_ensemble_disagrees(tmp_path):
+    """compare mode end to end: a trained two-member ensemble picks the pairs, the person answers at a pty."""
+    from textenv.reward_model import PreferencePair, RewardModelConfig, load_reward_model, train_reward_model
+
+    pairs = [PreferencePair(f"the {w} was", f" good {w}", f" bad {w}") for w in ["film", "plot", "cast"] * 10]
+    rm_dir = tmp_path / "rm"
+    train_reward_model(pairs, rm_dir, RewardModelConfig(backbone=TINY_MODEL, ensemble_size=2, epochs=1,
+                                                        batch_size=8, lr=3e-3, device="cpu"), progress=False)
+    db = str(tmp_path / "feedback.db")
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr.txt", "w") as log:
+        child = _spawn(["feedback", "label", "--mode", "compare", "--reward-model", str(rm_dir), "--db", db,
+                        "--model", TINY_MODEL, "--num-prompts", "2", "--candidates", "3", "--rounds", "1",
+                        "--max-new-tokens", "8"], slave, log)
+    os.close(slave)
+    try:
+        with SimulatedHuman(master_fd=master, judge=False) as person:
+            for asked, answer in [(1, "a"), (2, "b")]:
+                _wait_for(lambda asked=asked: "".join(person.screen).count("is better") >= asked, what="a question")
+                person.type(answer)
+            assert child.wait(timeout=60) == 0, (tmp_path / "stderr.txt").read_text()
+    finally:
+        child.kill()
+        os.close(master)
+    with FeedbackStore(db) as store:
+        rows = store.comparisons()
+    assert [r["choice"] for r in rows] == ["a", "b"]
+    # each stored disagreement is the ensemble's spread on that very pair, as the model scores it again
+    rm = load_reward_model(rm_dir, device="cpu")
+    for row in rows:
+        _, std = rm.score_with_disagreement([row["prompt"]] * 2, [row["completion_a"], row["completion_b"]])
+        assert row["disagreement"] == pytest.approx(float(np.hypot(*std)), rel=1e-3, abs=1e-5)
+        assert row["disagreement"] > 0
