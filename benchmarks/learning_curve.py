@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="episodes per iteration")
     parser.add_argument("--mini-batch-size", type=int, default=8)
     parser.add_argument("--ppo-epochs", type=int, default=4)
+    parser.add_argument("--init-kl-coef", type=float, default=0.2, help="initial weight of the KL penalty")
     args = parser.parse_args()
 
     env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward=args.reward,
@@ -43,9 +44,10 @@ def main() -> None:
     agent = PPO(env, learning_rate=args.lr, run_dir=args.run_dir, seed=args.seed, checkpoint_every=0,
                 sample_every=10, progress=False, advantage=args.advantage, group_size=args.group_size,
                 kl_horizon=args.kl_horizon, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size,
-                ppo_epochs=args.ppo_epochs)
+                ppo_epochs=args.ppo_epochs, init_kl_coef=args.init_kl_coef)
     print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; "
-          f"batch {args.batch_size}/{args.mini_batch_size} x {args.ppo_epochs} epochs; reward {args.reward}; "
+          f"batch {args.batch_size}/{args.mini_batch_size} x {args.ppo_epochs} epochs; kl coef {args.init_kl_coef}; "
+          f"reward {args.reward}; "
           f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
     print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'kl_coef':>7} {'s/iter':>7}", flush=True)
     vader, reached = [], None
