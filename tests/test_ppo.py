@@ -166,7 +166,8 @@ def test_a_nonfinite_loss_stops_with_a_clear_error_and_a_loadable_checkpoint(tmp
 def test_sigint_leaves_a_checkpoint_that_resumes(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "textenv.cli", "train", "--model", "tiny-random", "--iterations", "200",
-           "--batch-size", "4", "--mini-batch-size", "4", "--max-new-tokens", "4", "--eval-prompts", "0",
+           "--batch-size", "4", "--mini-batch-size", "4", "--group-size", "2", "--max-new-tokens", "4",
+           "--eval-prompts", "0",
            "--output-dir", str(run), "--precision", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

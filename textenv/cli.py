@@ -41,15 +41,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", default=DEFAULT_PROMPTS, help="prompt set name, .txt or .jsonl file")
     p.add_argument("--reward", default=DEFAULT_REWARD, help="reward spec, e.g. 'sentiment + repetition'")
     p.add_argument("--iterations", type=int, default=12, help="PPO iterations (of --batch-size episodes)")
-    p.add_argument("--batch-size", type=int, default=16, help="episodes per iteration")
-    p.add_argument("--mini-batch-size", type=int, default=8)
-    p.add_argument("--ppo-epochs", type=int, default=4)
-    p.add_argument("--lr", type=float, default=3e-5, help="learning rate")
+    # Defaults: the best learner on the default task (docs/BENCHMARKS.md, learning curve (c)).
+    p.add_argument("--batch-size", type=int, default=64, help="episodes per iteration")
+    p.add_argument("--mini-batch-size", type=int, default=16)
+    p.add_argument("--ppo-epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate")
+    p.add_argument("--kl-coef", type=float, default=0.05, help="initial weight of the per-token KL penalty")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--advantage", choices=["gae", "rloo", "grpo"], default="rloo",
                    help="rloo (default: leave-one-out baseline over --group-size samples per prompt, "
                         "the fastest learner on the default task, docs/BENCHMARKS.md), grpo, or gae (value head)")
-    p.add_argument("--group-size", type=int, default=4, help="samples per prompt for rloo/grpo")
+    p.add_argument("--group-size", type=int, default=8, help="samples per prompt for rloo/grpo")
     p.add_argument("--eval-prompts", type=int, default=8, help="prompts scored before and after training")
     p.add_argument("--output-dir", default="runs/textenv",
                    help="TensorBoard events, samples, checkpoints, reward curve")
