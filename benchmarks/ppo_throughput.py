@@ -61,16 +61,18 @@ def run_ours(mode: str, precision: str, steps: int, warmup: int) -> dict:
     rows = []
     for step in range(warmup + steps):
         timed.seconds = 0.0
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         stats = agent.train_iteration()
         wall = time.perf_counter() - start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         if step >= warmup:
             tokens = agent.config.batch_size * 32
             rows.append({
                 "s_per_step": wall, "tokens_per_s": tokens / wall,
                 "generation": stats["perf/time_rollout"] - timed.seconds, "reward": timed.seconds,
                 "forward": stats["perf/time_prepare"], "update": stats["perf/time_update"],
-                "mean_reward": stats["charts/episodic_return"],
+                "mean_reward": stats["charts/episodic_return"], "page_faults_k": faults / 1000,
             })
     return {
         "system": f"textenv {mode}", "precision": "bf16" if agent.bf16 else "fp32",
