@@ -26,7 +26,14 @@ from safetensors.torch import load_file, save_file
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
 
-from textenv.agents.policy import ActorCritic, autocast, frozen_copy, resolve_device, use_bf16
+from textenv.agents.policy import (
+    ActorCritic,
+    autocast,
+    frozen_copy,
+    keep_freed_cpu_memory,
+    resolve_device,
+    use_bf16,
+)
 from textenv.agents.ppo_config import PPOConfig
 from textenv.agents.ppo_math import (
     AdaptiveKLController,
@@ -67,6 +74,7 @@ class Batch:
         values: (B, T) its values (zeros without a value head).
         advantages: (B, T).
         returns: (B, T) the value targets.
+        ref_logprobs: (B, T) the reference's log-probs of the tokens (the rollout's without a reference).
     """
 
     input_ids: torch.Tensor
@@ -77,6 +85,7 @@ class Batch:
     values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    ref_logprobs: torch.Tensor
 
     def rows(self, index: torch.Tensor) -> Batch:
         """The sub-batch of the given rows."""
@@ -112,6 +121,8 @@ class PPO:
         self.task = _task_of(env)
         self.device = resolve_device(cfg.device)
         self.bf16 = use_bf16(self.device, cfg.precision)
+        if self.device.type == "cpu" and cfg.keep_cpu_memory:
+            keep_freed_cpu_memory()
         self.env = TextGenVectorEnv(cfg.batch_size, task=self.task, device=self.device, autoreset_mode="Disabled")
         if model is None:
             if self.task.model_name is None:
@@ -271,8 +282,10 @@ class PPO:
             scores = (scores - float(self.score_stats.mean)) / math.sqrt(float(self.score_stats.var) + 1e-8)
         if cfg.reward_clip is not None:
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
-        kl = kl_penalty(episodes.logprobs, ref_logprobs, cfg.kl_estimator) * mask  # (B, T)
-        rewards = -self.kl_ctl.value * kl + episodes.token_rewards * mask  # (B, T)
+        kl = kl_penalty(episodes.logprobs, ref_logprobs, cfg.kl_estimator_used) * mask  # (B, T)
+        rewards = episodes.token_rewards * mask  # (B, T)
+        if not cfg.kl_in_loss:
+            rewards = rewards - self.kl_ctl.value * kl  # (B, T)
         last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of each episode's last token
         rewards[torch.arange(len(rewards), device=self.device), last] += scores
 
@@ -283,7 +296,7 @@ class PPO:
             advantages, returns = sequence_advantage[:, None] * mask, torch.zeros_like(mask)  # (B, T)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        episode_kl = kl.sum(1).mean().item()
+        episode_kl = ((episodes.logprobs - ref_logprobs) * mask).sum(1).mean().item()  # k1, whatever penalizes
         stats = {
             "objective/kl": episode_kl,
             "objective/kl_coef": float(self.kl_ctl.value),
@@ -291,7 +304,8 @@ class PPO:
             "objective/logprobs": float(masked_mean(episodes.logprobs, mask)),
         }
         self.kl_ctl.update(episode_kl, len(tokens))
-        batch = Batch(input_ids, attention, tokens, mask, episodes.logprobs, values, advantages, returns)
+        batch = Batch(input_ids, attention, tokens, mask, episodes.logprobs, values, advantages, returns,
+                      ref_logprobs)
         return batch, stats
 
     def update(self, batch: Batch) -> dict[str, float]:
@@ -343,6 +357,10 @@ class PPO:
         pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, cfg.cliprange)
         loss = pg_loss
         stats = {"policy_loss": pg_loss.item(), **{k: v.item() for k, v in pg_stats.items()}}
+        if cfg.kl_in_loss and self.reference is not None:
+            kl = masked_mean(kl_penalty(logprobs, mb.ref_logprobs, cfg.kl_estimator_used), mb.mask)  # ()
+            loss = loss + self.kl_ctl.value * kl
+            stats["kl_loss"] = kl.item()
         if values is not None:
             v_loss, v_stats = value_loss(values.float(), mb.values, mb.returns, mb.mask, cfg.cliprange_value)
             loss = loss + cfg.vf_coef * v_loss

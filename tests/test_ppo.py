@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from textenv.agents import PPO, PPOConfig, TrainingError
+from textenv.agents.policy import keep_freed_cpu_memory
 from textenv.envs import TextGenEnv
 
 PROMPTS = ["hello", "the movie was", "a", "once upon"]
@@ -38,6 +40,9 @@ def test_config_checks_sizes_and_names():
     with pytest.raises(TypeError, match="unknown PPO option.*lerning_rate"):
         PPOConfig.from_options({"lerning_rate": 1e-3})
     assert PPOConfig(mini_batch_size=8, gradient_accumulation_steps=4).micro_batch_size == 2
+    with pytest.raises(ValueError, match="k1's gradient"):
+        PPOConfig(kl_in_loss=True, kl_estimator="k1")
+    assert PPOConfig(kl_in_loss=True).kl_estimator_used == "k3" and PPOConfig().kl_estimator_used == "k1"
 
 
 def test_rollout_logprobs_and_values_equal_a_step_by_step_recomputation():
@@ -96,6 +101,36 @@ def test_without_a_kl_term_no_reference_is_kept():
     assert agent.reference is None
     stats = agent.train_iteration()
     assert stats["objective/kl"] == 0.0 and np.isfinite(stats["losses/policy_loss"])
+
+
+def test_a_kl_term_in_the_loss_pulls_the_policy_back_to_the_reference():
+    """With a reward that never fires, RLOO's advantages are zero: only the KL term in the loss moves the policy."""
+    env = make_env(reward="keyword(include=qqqzzzqqq)")
+    agent = small_agent(env, advantage="rloo", group_size=4, kl_in_loss=True, init_kl_coef=1.0, adaptive_kl=False,
+                        learning_rate=3e-3)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in agent.policy.lm.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # a policy that has drifted from the reference
+    history = [agent.train_iteration() for _ in range(6)]
+    assert all(h["reward/keyword"] == 0.0 and h["losses/kl_loss"] > 0 for h in history)
+    first, last = history[0]["objective/kl"], np.mean([h["objective/kl"] for h in history[-2:]])
+    assert first > 0.5 and last < 0.5 * first, (first, last)
+
+
+def test_freed_cpu_memory_is_reused_without_page_faults():
+    """After keep_freed_cpu_memory a freed 64 MB tensor's pages come back without faulting (16k faults otherwise)."""
+    if not keep_freed_cpu_memory():
+        pytest.skip("not glibc on Linux")
+
+    def faults_of_a_64mb_tensor() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        block = torch.ones(16 * 2**20)  # 64 MB, every page written
+        del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    counts = [faults_of_a_64mb_tensor() for _ in range(5)]
+    assert min(counts[-3:]) < 1_000, counts
 
 
 def test_separate_value_model_trains():
