@@ -5,7 +5,9 @@ Workload (classic PPO): SmolLM2-135M-Instruct (the converted safetensors of
 movie-review openings x 32 sampled tokens per step (no early EOS, as trl's
 ``min_new_tokens=32``), VADER compound reward, batch 16, mini-batch 8, 4 PPO epochs.
 Against trl 0.11.4's value-head ``PPOTrainer`` (its own venv, transformers 4.46) at
-fp32 and bf16 mixed precision; the ratio is against trl's faster run.
+fp32 and bf16 mixed precision, and bf16 again with glibc told to keep freed memory
+(``GLIBC_TUNABLES``, what our agent's ``keep_cpu_memory`` does in-process); the ratio
+is against trl's fastest run.
 
 Critic-free: 4 prompts x 4 samples x 32 tokens, one update per batch, no KL term:
 our ``advantage="grpo"`` against trl 1.16's ``GRPOTrainer``.
@@ -35,6 +37,8 @@ HERE = Path(__file__).resolve().parent
 BASELINES = HERE / "baselines"
 TRL011_PYTHON = BASELINES / ".venv-trl011" / "bin" / "python"
 TRL116_PYTHON = BASELINES / ".venv-trl116" / "bin" / "python"
+# What PPOConfig.keep_cpu_memory does in our process, set from outside for the baselines.
+KEEP_FREED_MEMORY = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=2147483647"}
 
 
 # ------------------------------------------------------------------ our side
@@ -88,10 +92,11 @@ def _medians(rows: list[dict]) -> dict:
 # ------------------------------------------------------------------ the parent
 
 
-def child(cmd: list[str], label: str) -> dict | None:
-    """Run one system in its own process; its last stdout line is its JSON."""
+def child(cmd: list[str], label: str, env: dict[str, str] | None = None) -> dict | None:
+    """Run one system in its own process (``env`` added to its environment); its last stdout line is its JSON."""
     print(f"running {label} ...", flush=True)
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    result = subprocess.run(cmd, capture_output=True, text=True,
+                            env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})})
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         print(f"  {label} failed (exit {result.returncode}):\n{result.stderr[-2000:]}", flush=True)
@@ -108,10 +113,10 @@ def child(cmd: list[str], label: str) -> dict | None:
 
 def table(results: list[dict]) -> None:
     keys = ["s_per_step", "tokens_per_s", "generation", "reward", "forward", "update", "peak_rss_mb", "mean_reward"]
-    print(f"\n{'system':<22}{'precision':<10}" + "".join(f"{k:>13}" for k in keys))
+    print(f"\n{'system':<30}{'precision':<10}" + "".join(f"{k:>13}" for k in keys))
     for r in results:
         cells = "".join(f"{r.get(k, float('nan')):>13.2f}" for k in keys)
-        print(f"{r['system']:<22}{r['precision']:<10}{cells}")
+        print(f"{r['system']:<30}{r['precision']:<10}{cells}")
 
 
 def main() -> None:
@@ -133,6 +138,8 @@ def main() -> None:
             child(me + ["--ours", "ppo"], "textenv PPO (auto precision)"),
             _trl(TRL011_PYTHON, "trl011_ppo.py", ["--precision", "fp32"], args, "trl 0.11.4 PPO fp32"),
             _trl(TRL011_PYTHON, "trl011_ppo.py", ["--precision", "bf16"], args, "trl 0.11.4 PPO bf16"),
+            _trl(TRL011_PYTHON, "trl011_ppo.py", ["--precision", "bf16"], args, "trl 0.11.4 PPO bf16 kept",
+                 KEEP_FREED_MEMORY),
         ) if r]
         table(results)
         _ratio(results, "textenv ppo", "trl")
@@ -140,17 +147,20 @@ def main() -> None:
         results = [r for r in (
             child(me + ["--ours", "grpo"], "textenv GRPO-style (auto precision)"),
             _trl(TRL116_PYTHON, "trl_grpo.py", ["--precision", "bf16"], args, "trl 1.16 GRPOTrainer"),
+            _trl(TRL116_PYTHON, "trl_grpo.py", ["--precision", "bf16"], args, "trl 1.16 GRPOTrainer kept",
+                 KEEP_FREED_MEMORY),
         ) if r]
         table(results)
         _ratio(results, "textenv grpo", "trl")
     print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
 
-def _trl(python: Path, script: str, extra: list[str], args, label: str) -> dict | None:
+def _trl(python: Path, script: str, extra: list[str], args, label: str,
+         env: dict[str, str] | None = None) -> dict | None:
     if not python.exists():
         print(f"skipping {label}: run bash benchmarks/baselines/setup_{python.parent.parent.name[6:]}.sh first")
         return None
-    figures = child([str(python), str(BASELINES / script), "--steps", str(args.steps), *extra], label)
+    figures = child([str(python), str(BASELINES / script), "--steps", str(args.steps), *extra], label, env)
     if figures is not None:
         figures["system"] = label
     return figures
