@@ -261,15 +261,15 @@ class PPO:
         need_values = cfg.uses_value_head and not self.policy.shares_trunk
         self.policy.eval()
         for rows in torch.arange(len(tokens), device=self.device).split(cfg.mini_batch_size):
+            ids, att = without_left_padding(input_ids[rows], attention[rows])  # (b, L') each
             with autocast(self.device, self.bf16):
                 if need_values:
-                    _, values[rows] = self.policy(input_ids[rows], attention[rows], t)
+                    _, values[rows] = self.policy(ids, att, t)
                 if self.reference is None:
                     continue
                 ref_logits = self.reference(
-                    input_ids=input_ids[rows], attention_mask=attention[rows],
-                    position_ids=(attention[rows].cumsum(-1) - 1).clamp(min=0), logits_to_keep=t + 1,
-                    use_cache=False,
+                    input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp(min=0),
+                    logits_to_keep=t + 1, use_cache=False,
                 ).logits[:, :-1]  # (b, T, V)
             ref_logits = ref_logits[..., : self.task.vocab_size]
             if cfg.temperature not in (0.0, 1.0):
@@ -348,7 +348,7 @@ class PPO:
         """
         cfg = self.config
         with autocast(self.device, self.bf16):
-            logits, values = self.policy(mb.input_ids, mb.attention_mask, mb.tokens.shape[1],
+            logits, values = self.policy(*without_left_padding(mb.input_ids, mb.attention_mask), mb.tokens.shape[1],
                                          values=cfg.uses_value_head)
         logits = logits[..., : self.task.vocab_size]  # (b, T, V)
         if cfg.temperature not in (0.0, 1.0):
@@ -528,6 +528,23 @@ class PPO:
         if self.config.progress:
             for p, c, r in zip(episodes.prompts[:n], episodes.completions[:n], episodes.rewards[:n]):
                 tqdm.write(f"  [{r:+.2f}] {p}\u27e6{c.strip()[:100]}\u27e7")
+
+
+def without_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding in every row.
+
+    The task pads every prompt to its longest one; a micro-batch of shorter prompts need
+    not run those columns. Positions come from the mask's cumsum, so nothing else moves.
+
+    Args:
+        input_ids: (b, L) left-padded prompts, then completions.
+        attention_mask: (b, L).
+
+    Returns:
+        The same two, (b, L') with L' <= L.
+    """
+    first = int(attention_mask.any(0).int().argmax())  # the first column holding a real token
+    return input_ids[:, first:], attention_mask[:, first:]
 
 
 def _task_of(env: Any) -> TextTask:

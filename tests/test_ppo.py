@@ -17,6 +17,7 @@ import torch
 
 from textenv.agents import PPO, PPOConfig, TrainingError
 from textenv.agents.policy import keep_freed_cpu_memory
+from textenv.agents.ppo import without_left_padding
 from textenv.envs import TextGenEnv
 
 PROMPTS = ["hello", "the movie was", "a", "once upon"]
@@ -70,6 +71,24 @@ def test_rollout_logprobs_and_values_equal_a_step_by_step_recomputation():
             obs, reward, terminated, truncated, info = single.step(token)
         assert terminated or truncated
         assert reward == pytest.approx(episodes.rewards[i])
+
+
+def test_the_update_sees_the_rollout_policy_without_the_padding_columns():
+    """Short prompts' padding columns are dropped, the logits stay, and the first step's ratio is 1."""
+    agent = small_agent(make_env())
+    batch, _ = agent.make_batch(agent.rollout())
+    lengths = batch.attention_mask[:, : agent.task.prompt_width].sum(1)  # (B,) prompt tokens per row
+    short = torch.nonzero(lengths <= 5).squeeze(1)  # "hello" and "a": 8+ padding columns of 13
+    assert len(short) > 0
+    ids, att = without_left_padding(batch.input_ids[short], batch.attention_mask[short])
+    assert ids.shape[1] <= batch.input_ids.shape[1] - 8 and bool(att[:, 0].any())
+    t = batch.tokens.shape[1]
+    with torch.no_grad():
+        full, _ = agent.policy(batch.input_ids[short], batch.attention_mask[short], t)
+        trimmed, _ = agent.policy(ids, att, t)
+    assert torch.allclose(full, trimmed, atol=1e-5)
+    stats = agent._backward(batch.rows(torch.arange(4)))
+    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-4) and stats["approx_kl"] < 1e-6
 
 
 def test_one_iteration_changes_the_weights_and_logs_finite_losses():
