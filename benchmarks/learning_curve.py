@@ -2,9 +2,9 @@
 
 Trains SmolLM2-135M-Instruct on movie-review openings with PPO against the default
 reward (``sentiment + repetition``) and prints, per iteration, the batch's mean VADER
-compound (the ``sentiment`` term) and the KL to the reference (nats per episode); at
-the end, the first episode count at which the mean VADER compound of the last three
-iterations reached the goal, and a PNG of the curve. Run::
+compound (the ``sentiment`` term, or ``sentiment_dense``'s per-episode sum) and the
+KL to the reference (nats per episode); at the end, the first episode count at which
+the mean VADER compound of the last three iterations reached the goal, and a PNG of the curve. Run::
 
     .venv/bin/python benchmarks/learning_curve.py --episodes 1000 --lr 5e-5
 """
@@ -61,11 +61,12 @@ def main() -> None:
     while agent.num_episodes < args.episodes:
         t = time.perf_counter()
         stats = agent.train_iteration()
-        vader.append(stats["reward/sentiment"])
+        vader_key = "reward/sentiment" if "reward/sentiment" in stats else "reward/sentiment_dense"
+        vader.append(stats[vader_key])
         recent = float(np.mean(vader[-3:]))
         if reached is None and len(vader) >= 3 and recent >= args.goal:
             reached = agent.num_episodes
-        print(f"{agent.num_episodes:>8} {stats['reward/sentiment']:>+7.3f} {stats['objective/kl']:>6.2f} "
+        print(f"{agent.num_episodes:>8} {stats[vader_key]:>+7.3f} {stats['objective/kl']:>6.2f} "
               f"{stats['objective/kl_coef']:>7.3f} {time.perf_counter() - t:>7.1f}", flush=True)
     agent.run.close()
     from textenv.agents.run_log import plot_reward_curve
@@ -75,7 +76,7 @@ def main() -> None:
     for start_i in range(0, len(agent.history), 5):
         window = agent.history[start_i : start_i + 5]
         print(f"  {int(window[0]['episodes']) - agent.config.batch_size + 1:>5}-{int(window[-1]['episodes']):<5} "
-              f"{np.mean([h['reward/sentiment'] for h in window]):+.2f} "
+              f"{np.mean([h[vader_key] for h in window]):+.2f} "
               f"{np.mean([h['objective/kl'] for h in window]):6.2f}", flush=True)
     last = agent.history[-3:]
     print(f"\nfirst 3 iterations: mean VADER {np.mean(vader[:3]):+.3f}; last 3: {np.mean(vader[-3:]):+.3f}, "

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import functools
+import itertools
+
+import numpy as np
 
 from textenv.plugin_manager import hookimpl
 from textenv.rewards import RewardSource
@@ -24,6 +27,24 @@ def sentiment(completions: list[str], *, target: str = "positive") -> list[float
     return [sign * analyzer.polarity_scores(text)["compound"] for text in completions]
 
 
+def sentiment_dense(tokens: list[list[str]], *, target: str = "positive") -> list[np.ndarray]:
+    """``sentiment`` paid out per token: token t gets the change in the compound score of the text so far.
+
+    An episode's sum is the score of its tokens joined, and each token is credited with
+    the sentiment it added (a potential-based shaping of ``sentiment``).
+    """
+    if target not in ("positive", "negative"):
+        raise ValueError(f"target must be 'positive' or 'negative', got {target!r}")
+    sign = 1.0 if target == "positive" else -1.0
+    analyzer = _analyzer()
+    rewards = []
+    for pieces in tokens:
+        prefixes = itertools.accumulate(pieces)  # the text after each token
+        scores = [0.0] + [analyzer.polarity_scores(text)["compound"] for text in prefixes]  # T + 1
+        rewards.append(sign * np.diff(scores))  # (T,)
+    return rewards
+
+
 @hookimpl
 def textenv_reward_sources():
-    return [RewardSource("sentiment", sentiment)]
+    return [RewardSource("sentiment", sentiment), RewardSource("sentiment_dense", sentiment_dense)]

@@ -13,7 +13,10 @@ import textenv
 from textenv.plugin_manager import PluginError, make_plugin_manager
 from textenv.rewards import RewardError, RewardPipeline
 
-BUILTIN_SOURCES = ["human", "keyword", "length", "repetition", "reward_model", "reward_model_disagreement", "sentiment"]
+BUILTIN_SOURCES = [
+    "human", "keyword", "length", "repetition", "reward_model", "reward_model_disagreement", "sentiment",
+    "sentiment_dense",
+]
 
 
 def test_builtins_are_plugins_of_the_same_manager(pm):
@@ -171,3 +174,13 @@ def test_cli_lists_the_critics_and_an_installed_plugin(tmp_path):
         assert name in out
     assert "from entry point 'demo' (textenv-demo-plugin 1.0)" in out
     assert "from built-in" in out
+
+
+def test_dense_sentiment_pays_each_token_the_sentiment_it_added(pm):
+    pieces = [["The", " film", " was", " wonderful", " and", " awful"], ["meh"]]
+    batch = RewardPipeline.from_spec("sentiment_dense + sentiment", pm)(
+        ["p", "p"], ["".join(p) for p in pieces], [[1] * len(p) for p in pieces], [True, True], tokens=pieces
+    )
+    first = batch.token_rewards[0]  # (6,)
+    assert first[:3].tolist() == [0.0, 0.0, 0.0] and first[3] > 0.5 and first[5] < 0  # "wonderful" up, "awful" down
+    assert batch.raw_terms["sentiment_dense"] == pytest.approx(batch.raw_terms["sentiment"])  # sums to the score
