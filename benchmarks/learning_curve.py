@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--mini-batch-size", type=int, default=8)
     parser.add_argument("--ppo-epochs", type=int, default=4)
     parser.add_argument("--init-kl-coef", type=float, default=0.2, help="initial weight of the KL penalty")
+    parser.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (gae)")
+    parser.add_argument("--lam", type=float, default=0.95, help="GAE's lambda")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per mini-batch")
     parser.add_argument("--kl-in-loss", action="store_true", help="the KL penalty in the loss (k3), not the reward")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollout")
@@ -48,10 +50,11 @@ def main() -> None:
                 sample_every=10, progress=False, advantage=args.advantage, group_size=args.group_size,
                 kl_horizon=args.kl_horizon, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size,
                 ppo_epochs=args.ppo_epochs, init_kl_coef=args.init_kl_coef, kl_in_loss=args.kl_in_loss,
-                temperature=args.temperature, gradient_accumulation_steps=args.grad_accum)
+                temperature=args.temperature, gradient_accumulation_steps=args.grad_accum, vf_coef=args.vf_coef,
+                lam=args.lam)
     print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; "
           f"batch {args.batch_size}/{args.mini_batch_size}/{args.grad_accum} x {args.ppo_epochs} epochs; "
-          f"kl coef {args.init_kl_coef}"
+          f"kl coef {args.init_kl_coef}; vf_coef {args.vf_coef}; lambda {args.lam}"
           f"{' in the loss' if args.kl_in_loss else ''}; temperature {args.temperature}; "
           f"reward {args.reward}; "
           f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)

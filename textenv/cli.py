@@ -10,6 +10,10 @@ import time
 from textenv.envs.task import DEFAULT_PROMPTS, DEFAULT_REWARD
 from textenv.models import DEFAULT_MODEL
 
+# The main job's reward: the default's sentiment paid out per token (its sum is the same
+# score), which the value head credits token by token.
+TRAIN_REWARD = "sentiment_dense + repetition"
+
 # Modules that keep their subcommands beside their feature. Each has
 # ``add_commands(sub)`` (adds its parsers, each with ``set_defaults(run=...)``) and
 # ``USER_ERRORS``, the exception types that main() prints as one clear line.
@@ -39,18 +43,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train a model with PPO in the env (the main job)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="local path, hub id or smollm2-135m (default)")
     p.add_argument("--prompts", default=DEFAULT_PROMPTS, help="prompt set name, .txt or .jsonl file")
-    p.add_argument("--reward", default=DEFAULT_REWARD, help="reward spec, e.g. 'sentiment + repetition'")
+    p.add_argument("--reward", default=TRAIN_REWARD,
+                   help=f"reward spec (default: {TRAIN_REWARD!r}, sentiment paid out per token)")
     p.add_argument("--iterations", type=int, default=12, help="PPO iterations (of --batch-size episodes)")
-    # Defaults: the best learner on the default task (docs/BENCHMARKS.md, learning curve (c)).
+    # Defaults: the best learner on the default task (docs/BENCHMARKS.md, learning curve (n)).
     p.add_argument("--batch-size", type=int, default=64, help="episodes per iteration")
     p.add_argument("--mini-batch-size", type=int, default=16)
     p.add_argument("--ppo-epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=5e-5, help="learning rate")
-    p.add_argument("--kl-coef", type=float, default=0.05, help="initial weight of the per-token KL penalty")
+    p.add_argument("--lr", type=float, default=3e-5, help="learning rate")
+    p.add_argument("--kl-coef", type=float, default=0.07, help="initial weight of the per-token KL penalty")
+    p.add_argument("--vf-coef", type=float, default=0.5, help="weight of the value loss (gae)")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--advantage", choices=["gae", "rloo", "grpo"], default="rloo",
-                   help="rloo (default: leave-one-out baseline over --group-size samples per prompt, "
-                        "the fastest learner on the default task, docs/BENCHMARKS.md), grpo, or gae (value head)")
+    p.add_argument("--advantage", choices=["gae", "rloo", "grpo"], default="gae",
+                   help="gae (default: the value head, crediting each token), rloo (leave-one-out baseline over "
+                        "--group-size samples per prompt) or grpo")
     p.add_argument("--group-size", type=int, default=8, help="samples per prompt for rloo/grpo")
     p.add_argument("--eval-prompts", type=int, default=8, help="prompts scored before and after training")
     p.add_argument("--output-dir", default="runs/textenv",
