@@ -282,9 +282,9 @@ class PPO:
             scores = (scores - float(self.score_stats.mean)) / math.sqrt(float(self.score_stats.var) + 1e-8)
         if cfg.reward_clip is not None:
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
-        kl = kl_penalty(episodes.logprobs, ref_logprobs, cfg.kl_estimator_used) * mask  # (B, T)
         rewards = episodes.token_rewards * mask  # (B, T)
-        if not cfg.kl_in_loss:
+        if not cfg.kl_in_loss:  # else the update's loss carries it
+            kl = kl_penalty(episodes.logprobs, ref_logprobs, cfg.kl_estimator_used) * mask  # (B, T)
             rewards = rewards - self.kl_ctl.value * kl  # (B, T)
         last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of each episode's last token
         rewards[torch.arange(len(rewards), device=self.device), last] += scores

@@ -54,17 +54,18 @@ def main() -> None:
                 lam=args.lam)
     print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; "
           f"batch {args.batch_size}/{args.mini_batch_size}/{args.grad_accum} x {args.ppo_epochs} epochs; "
-          f"kl coef {args.init_kl_coef}; vf_coef {args.vf_coef}; lambda {args.lam}"
-          f"{' in the loss' if args.kl_in_loss else ''}; temperature {args.temperature}; "
+          f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''}; vf_coef {args.vf_coef}; "
+          f"lambda {args.lam}; temperature {args.temperature}; "
           f"reward {args.reward}; "
           f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
     print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'kl_coef':>7} {'s/iter':>7}", flush=True)
+    dense = "sentiment_dense" in agent.task.rewards.names
+    vader_key = "reward/sentiment_dense" if dense else "reward/sentiment"
     vader, reached = [], None
     start = time.perf_counter()
     while agent.num_episodes < args.episodes:
         t = time.perf_counter()
         stats = agent.train_iteration()
-        vader_key = "reward/sentiment" if "reward/sentiment" in stats else "reward/sentiment_dense"
         vader.append(stats[vader_key])
         recent = float(np.mean(vader[-3:]))
         if reached is None and len(vader) >= 3 and recent >= args.goal:

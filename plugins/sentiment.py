@@ -18,11 +18,16 @@ def _analyzer():
     return SentimentIntensityAnalyzer()
 
 
-def sentiment(completions: list[str], *, target: str = "positive") -> list[float]:
-    """VADER compound sentiment of the completion, in [-1, 1] (target=negative flips it)."""
+def _sign(target: str) -> float:
+    """+1 for target=positive, -1 for negative."""
     if target not in ("positive", "negative"):
         raise ValueError(f"target must be 'positive' or 'negative', got {target!r}")
-    sign = 1.0 if target == "positive" else -1.0
+    return 1.0 if target == "positive" else -1.0
+
+
+def sentiment(completions: list[str], *, target: str = "positive") -> list[float]:
+    """VADER compound sentiment of the completion, in [-1, 1] (target=negative flips it)."""
+    sign = _sign(target)
     analyzer = _analyzer()
     return [sign * analyzer.polarity_scores(text)["compound"] for text in completions]
 
@@ -33,9 +38,7 @@ def sentiment_dense(tokens: list[list[str]], *, target: str = "positive") -> lis
     An episode's sum is the score of its tokens joined, and each token is credited with
     the sentiment it added (a potential-based shaping of ``sentiment``).
     """
-    if target not in ("positive", "negative"):
-        raise ValueError(f"target must be 'positive' or 'negative', got {target!r}")
-    sign = 1.0 if target == "positive" else -1.0
+    sign = _sign(target)
     analyzer = _analyzer()
     rewards = []
     for pieces in tokens:
