@@ -44,7 +44,7 @@ KEEP_FREED_MEMORY = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.tri
 # ------------------------------------------------------------------ our side
 
 
-def run_ours(mode: str, precision: str, steps: int, warmup: int) -> dict:
+def run_ours(mode: str, precision: str, steps: int, warmup: int, keep_cpu_memory: bool = True) -> dict:
     """One of our runs in this process; returns the medians as a dict."""
     import gymnasium as gym
     import torch
@@ -59,7 +59,7 @@ def run_ours(mode: str, precision: str, steps: int, warmup: int) -> dict:
     else:  # GRPO-style: 4 prompts x 4 samples, one update per batch, no KL term
         options = dict(batch_size=16, mini_batch_size=16, ppo_epochs=1, advantage="grpo", group_size=4,
                        init_kl_coef=0.0, adaptive_kl=False)
-    agent = PPO(env, precision=precision, progress=False, seed=0, **options)
+    agent = PPO(env, precision=precision, progress=False, seed=0, keep_cpu_memory=keep_cpu_memory, **options)
     timed = TimedRewards(agent.task.rewards)
     agent.task.rewards = timed
     rows = []
@@ -126,9 +126,12 @@ def main() -> None:
     parser.add_argument("--only", choices=["ppo", "grpo"], help="run only this comparison")
     parser.add_argument("--ours", choices=["ppo", "grpo"], help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--keep-cpu-memory", choices=["on", "off"], default="on",
+                        help="with --ours: PPOConfig.keep_cpu_memory (off: glibc's default malloc)")
     args = parser.parse_args()
     if args.ours:
-        print(json.dumps(run_ours(args.ours, args.precision, args.steps, args.warmup)), flush=True)
+        print(json.dumps(run_ours(args.ours, args.precision, args.steps, args.warmup, args.keep_cpu_memory == "on")),
+              flush=True)
         return
 
     me = [sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup)]
