@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
@@ -39,6 +40,7 @@ from textenv.agents.ppo_math import (
     AdaptiveKLController,
     FixedKLController,
     compute_gae,
+    full_kl,
     group_advantages,
     kl_penalty,
     logprobs_and_entropy,
@@ -75,6 +77,8 @@ class Batch:
         advantages: (B, T).
         returns: (B, T) the value targets.
         ref_logprobs: (B, T) the reference's log-probs of the tokens (the rollout's without a reference).
+        ref_logp_full: (B, T, V) bf16, the reference's whole log-distribution at each position (only for
+            ``kl_estimator="full"``, else None).
     """
 
     input_ids: torch.Tensor
@@ -86,10 +90,14 @@ class Batch:
     advantages: torch.Tensor
     returns: torch.Tensor
     ref_logprobs: torch.Tensor
+    ref_logp_full: torch.Tensor | None = None
 
     def rows(self, index: torch.Tensor) -> Batch:
         """The sub-batch of the given rows."""
-        return Batch(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+        return Batch(**{
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[index]
+            for f in dataclasses.fields(self)
+        })
 
 
 class PPO:
@@ -142,7 +150,7 @@ class PPO:
         ).to(self.device)
         self.policy.lm.config.use_cache = True
         self.optimizer = torch.optim.Adam(
-            [p for p in self.policy.parameters() if p.requires_grad], lr=cfg.learning_rate, eps=cfg.adam_eps,
+            self._param_groups(), lr=cfg.learning_rate, eps=cfg.adam_eps,
             fused=True,  # one kernel for all parameters: 5x faster steps than the for-each default on a CPU
         )
         self.kl_ctl = (
@@ -159,6 +167,18 @@ class PPO:
         self.num_episodes = 0
         self.history: list[dict[str, float]] = []
         self.run = RunLog(cfg.run_dir) if cfg.run_dir else None
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """The policy's trainable parameters; the critic's in a group of its own with ``value_learning_rate``."""
+        critic = [m for m in (self.policy.value_head, self.policy.value_model) if m is not None]
+        critic_ids = {id(p) for m in critic for p in m.parameters()}
+        actor = [p for p in self.policy.parameters() if p.requires_grad and id(p) not in critic_ids]
+        groups = [{"params": actor}]
+        critic_params = [p for m in critic for p in m.parameters() if p.requires_grad]
+        if critic_params:
+            lr = self.config.value_learning_rate
+            groups.append({"params": critic_params, "lr": self.config.learning_rate if lr is None else lr})
+        return groups
 
     # ------------------------------------------------------------------ training
 
@@ -259,6 +279,11 @@ class PPO:
         ref_logprobs = episodes.logprobs.clone()  # (B, T); stays so (KL 0) without a reference
         values = episodes.values if episodes.values is not None else torch.zeros_like(mask)  # (B, T)
         need_values = cfg.uses_value_head and not self.policy.shares_trunk
+        keep_full = cfg.kl_in_loss and cfg.kl_estimator_used == "full" and self.reference is not None
+        ref_logp_full = (  # (B, T, V)
+            torch.zeros(*tokens.shape, self.task.vocab_size, dtype=torch.bfloat16, device=self.device)
+            if keep_full else None
+        )
         self.policy.eval()
         for rows in torch.arange(len(tokens), device=self.device).split(cfg.mini_batch_size):
             ids, att = without_left_padding(input_ids[rows], attention[rows])  # (b, L') each
@@ -275,6 +300,8 @@ class PPO:
             if cfg.temperature not in (0.0, 1.0):
                 ref_logits = ref_logits.float() / cfg.temperature
             ref_logprobs[rows] = logprobs_from_logits(ref_logits, tokens[rows]) * mask[rows]
+            if ref_logp_full is not None:
+                ref_logp_full[rows] = F.log_softmax(ref_logits, dim=-1, dtype=torch.float32).to(torch.bfloat16)
 
         scores = torch.as_tensor(episodes.scores, dtype=torch.float32, device=self.device)  # (B,)
         if cfg.reward_norm:
@@ -305,7 +332,7 @@ class PPO:
         }
         self.kl_ctl.update(episode_kl, len(tokens))
         batch = Batch(input_ids, attention, tokens, mask, episodes.logprobs, values, advantages, returns,
-                      ref_logprobs)
+                      ref_logprobs, ref_logp_full)
         return batch, stats
 
     def update(self, batch: Batch) -> dict[str, float]:
@@ -343,8 +370,8 @@ class PPO:
     def _backward(self, mb: Batch, with_entropy: bool = True) -> dict[str, float]:
         """Forward and backward one micro-batch; returns its detached statistics.
 
-        The entropy is only logged (no bonus in the loss): the first epoch's, of the
-        rollout policy, is enough, and skipping it later saves a pass over (b, T, V).
+        Without an entropy bonus (``ent_coef`` 0) the entropy is only logged: the first
+        epoch's, of the rollout policy, is enough, and skipping it later saves a pass over (b, T, V).
         """
         cfg = self.config
         with autocast(self.device, self.bf16):
@@ -353,12 +380,19 @@ class PPO:
         logits = logits[..., : self.task.vocab_size]  # (b, T, V)
         if cfg.temperature not in (0.0, 1.0):
             logits = logits.float() / cfg.temperature
-        logprobs, entropy = logprobs_and_entropy(logits, mb.tokens, with_entropy)  # (b, T) each
+        bonus = cfg.ent_coef != 0
+        logprobs, entropy = logprobs_and_entropy(  # (b, T) each
+            logits, mb.tokens, with_entropy or bonus, entropy_grad=bonus
+        )
         pg_loss, pg_stats = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, cfg.cliprange)
         loss = pg_loss
         stats = {"policy_loss": pg_loss.item(), **{k: v.item() for k, v in pg_stats.items()}}
         if cfg.kl_in_loss and self.reference is not None:
-            kl = masked_mean(kl_penalty(logprobs, mb.ref_logprobs, cfg.kl_estimator_used), mb.mask)  # ()
+            if mb.ref_logp_full is not None:
+                per_token = full_kl(logits, mb.ref_logp_full)  # (b, T)
+            else:
+                per_token = kl_penalty(logprobs, mb.ref_logprobs, cfg.kl_estimator_used)  # (b, T)
+            kl = masked_mean(per_token, mb.mask)  # ()
             loss = loss + self.kl_ctl.value * kl
             stats["kl_loss"] = kl.item()
         if values is not None:
@@ -366,7 +400,11 @@ class PPO:
             loss = loss + cfg.vf_coef * v_loss
             stats.update(value_loss=v_loss.item(), **{k: v.item() for k, v in v_stats.items()})
         if entropy is not None:
-            stats["entropy"] = masked_mean(entropy, mb.mask).item()
+            mean_entropy = masked_mean(entropy, mb.mask)  # ()
+            if bonus:
+                loss = loss - cfg.ent_coef * mean_entropy
+            if with_entropy:  # the rollout policy's, as without a bonus
+                stats["entropy"] = mean_entropy.item()
         if not torch.isfinite(loss):
             self._stop_on_nonfinite(f"the loss is {loss.item()} (policy loss {stats['policy_loss']})")
         (loss / cfg.gradient_accumulation_steps).backward()

@@ -24,6 +24,8 @@ class PPOConfig:
     # --- optimization
     learning_rate: float = 1.41e-5
     """Adam's learning rate."""
+    value_learning_rate: float | None = None
+    """Learning rate of the value head (and of a separate value model); None: ``learning_rate``."""
     adam_eps: float = 1e-8
     """Adam's epsilon."""
     max_grad_norm: float | None = 1.0
@@ -40,6 +42,9 @@ class PPOConfig:
     """Clip range of the value prediction around the rollout's value."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
+    ent_coef: float = 0.0
+    """Weight of an entropy bonus in the loss (SB3's ``ent_coef``): keeps the policy from sharpening where
+    the reward does not ask it to."""
     whiten_advantages: bool = True
     """Normalize advantages to zero mean, unit variance over the batch's tokens."""
     ratio_threshold: float = 10.0
@@ -56,9 +61,10 @@ class PPOConfig:
     """Target KL (nats per episode) of the adaptive controller."""
     kl_horizon: int = 10_000
     """Horizon (episodes) of the adaptive controller."""
-    kl_estimator: Literal["k1", "k2", "k3"] | None = None
-    """Per-token KL estimator: k1 = log p - log q; k2 = (log p - log q)^2 / 2; k3 = (r - 1) - log r, r = q/p.
-    None: k1 in the reward, k3 in the loss."""
+    kl_estimator: Literal["k1", "k2", "k3", "full"] | None = None
+    """Per-token KL estimator: k1 = log p - log q; k2 = (log p - log q)^2 / 2; k3 = (r - 1) - log r, r = q/p;
+    full = the exact KL summed over the vocabulary (in the loss only: it keeps the reference's whole
+    distribution, B x T x V in bf16, for the update). None: k1 in the reward, k3 in the loss."""
     kl_in_loss: bool = False
     """Put the KL penalty in the loss (the masked token mean of the estimator, times the KL weight, as in
     GRPO) instead of in the reward. In the loss each token is pulled back towards the reference by its own
@@ -125,6 +131,11 @@ class PPOConfig:
             raise ValueError(
                 "kl_in_loss needs kl_estimator k2 or k3 (or None: k3): k1's gradient at sampled tokens is zero in "
                 "expectation"
+            )
+        if self.kl_estimator == "full" and not self.kl_in_loss:
+            raise ValueError(
+                "kl_estimator 'full' needs kl_in_loss=True: the rollout keeps only the sampled tokens' log-probs, "
+                "not the policy's whole distribution"
             )
         if self.advantage not in ("gae", "rloo", "grpo"):
             raise ValueError(f"advantage must be gae, rloo or grpo, got {self.advantage!r}")

@@ -131,9 +131,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 def logprobs_and_entropy(
-    logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = True
+    logits: torch.Tensor, tokens: torch.Tensor, with_entropy: bool = True, entropy_grad: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`logprobs_from_logits` and a detached :func:`entropy_from_logits` from one log-softmax.
+    """:func:`logprobs_from_logits` and :func:`entropy_from_logits` from one log-softmax.
 
     The update's hot path: over a 49k vocabulary each full pass over (B, T, V) counts.
 
@@ -141,15 +141,16 @@ def logprobs_and_entropy(
         logits: (B, T, V) logits, ``logits[:, t]`` predicting ``tokens[:, t]``.
         tokens: (B, T) int64 token ids.
         with_entropy: also compute the entropies (None otherwise).
+        entropy_grad: the entropies carry gradients (for an entropy bonus); else detached.
 
     Returns:
-        logprobs (B, T) with gradients, and entropies (B, T) without.
+        logprobs (B, T) with gradients, and entropies (B, T).
     """
     logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # (B, T, V): upcast inside the kernel
     logprobs = logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # (B, T)
     if not with_entropy:
         return logprobs, None
-    with torch.no_grad():
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
         entropy = -(logp.exp() * logp).sum(-1)  # (B, T)
     return logprobs, entropy
 
@@ -293,6 +294,23 @@ def kl_penalty(
     raise ValueError(
         f"unknown KL estimator {estimator!r}; choose one of {', '.join(KL_ESTIMATORS)}"
     )
+
+
+def full_kl(logits: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Exact per-position KL(policy || reference), summed over the whole vocabulary.
+
+    Unlike the sampled estimators it needs no sample and has no variance: its gradient
+    pulls every token's probability, sampled or not, towards the reference's.
+
+    Args:
+        logits: (B, T, V) the policy's logits.
+        ref_logp: (B, T, V) the reference's log-probabilities (any float dtype).
+
+    Returns:
+        (B, T) float32 KL in nats at each position.
+    """
+    logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # (B, T, V)
+    return (logp.exp() * (logp - ref_logp.float())).sum(-1)  # (B, T)
 
 
 class AdaptiveKLController:

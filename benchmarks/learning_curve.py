@@ -42,6 +42,13 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per mini-batch")
     parser.add_argument("--kl-in-loss", action="store_true", help="the KL penalty in the loss (k3), not the reward")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollout")
+    parser.add_argument("--value-lr", type=float, default=None, help="learning rate of the value head (default: --lr)")
+    parser.add_argument("--kl-estimator", choices=["k1", "k2", "k3", "full"], default=None,
+                        help="per-token KL estimator (default: k1 in the reward, k3 in the loss)")
+    parser.add_argument("--ent-coef", type=float, default=0.0, help="weight of the entropy bonus")
+    parser.add_argument("--kl-target", type=float, default=6.0, help="adaptive KL controller's target (nats)")
+    parser.add_argument("--eval-batches", type=int, default=4,
+                        help="after training, batches sampled from the final policy to measure its VADER and KL")
     args = parser.parse_args()
 
     env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward=args.reward,
@@ -51,11 +58,13 @@ def main() -> None:
                 kl_horizon=args.kl_horizon, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size,
                 ppo_epochs=args.ppo_epochs, init_kl_coef=args.init_kl_coef, kl_in_loss=args.kl_in_loss,
                 temperature=args.temperature, gradient_accumulation_steps=args.grad_accum, vf_coef=args.vf_coef,
-                lam=args.lam)
+                lam=args.lam, value_learning_rate=args.value_lr, kl_target=args.kl_target,
+                ent_coef=args.ent_coef, kl_estimator=args.kl_estimator)
     print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; "
           f"batch {args.batch_size}/{args.mini_batch_size}/{args.grad_accum} x {args.ppo_epochs} epochs; "
-          f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''}; vf_coef {args.vf_coef}; "
-          f"lambda {args.lam}; temperature {args.temperature}; "
+          f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''} ({agent.config.kl_estimator_used}); vf_coef {args.vf_coef}; "
+          f"lambda {args.lam}; temperature {args.temperature}; value lr {args.value_lr or args.lr}; "
+          f"kl target {args.kl_target}; ent_coef {args.ent_coef}; "
           f"reward {args.reward}; "
           f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
     print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'kl_coef':>7} {'s/iter':>7}", flush=True)
@@ -63,7 +72,7 @@ def main() -> None:
     vader_key = "reward/sentiment_dense" if dense else "reward/sentiment"
     vader, reached = [], None
     start = time.perf_counter()
-    while agent.num_episodes < args.episodes:
+    while agent.num_episodes + agent.config.batch_size <= args.episodes:  # never past the budget
         t = time.perf_counter()
         stats = agent.train_iteration()
         vader.append(stats[vader_key])
@@ -72,6 +81,7 @@ def main() -> None:
             reached = agent.num_episodes
         print(f"{agent.num_episodes:>8} {stats[vader_key]:>+7.3f} {stats['objective/kl']:>6.2f} "
               f"{stats['objective/kl_coef']:>7.3f} {time.perf_counter() - t:>7.1f}", flush=True)
+    final_vader, final_kl = evaluate_final_policy(agent, vader_key, args.eval_batches)
     agent.run.close()
     from textenv.agents.run_log import plot_reward_curve
 
@@ -85,8 +95,25 @@ def main() -> None:
     last = agent.history[-3:]
     print(f"\nfirst 3 iterations: mean VADER {np.mean(vader[:3]):+.3f}; last 3: {np.mean(vader[-3:]):+.3f}, "
           f"KL {np.mean([h['objective/kl'] for h in last]):.2f} nats")
+    print(f"final policy after {agent.num_episodes} episodes, {args.eval_batches * agent.config.batch_size} fresh "
+          f"samples: mean VADER {final_vader:+.3f}, KL {final_kl:.2f} nats")
     print(f"goal {args.goal}: " + (f"reached at {reached} episodes" if reached else "not reached")
           + f"; {time.perf_counter() - start:.0f} s; curve in {path}; load average {os.getloadavg()[0]:.2f}")
+
+
+def evaluate_final_policy(agent: PPO, vader_key: str, batches: int) -> tuple[float, float]:
+    """Mean VADER compound and KL to the reference (k1, nats per episode) of fresh samples from the policy.
+
+    Samples as training does (same temperature, new prompts) but takes no step, so the
+    figure belongs to one policy, the one training ended with.
+    """
+    vader, kl = [], []
+    for _ in range(batches):
+        episodes = agent.rollout()
+        _, stats = agent.make_batch(episodes)
+        vader.append(float(episodes.reward_terms[vader_key.removeprefix("reward/")].mean()))
+        kl.append(stats["objective/kl"])
+    return float(np.mean(vader)), float(np.mean(kl))
 
 
 if __name__ == "__main__":

@@ -43,6 +43,8 @@ def test_config_checks_sizes_and_names():
     assert PPOConfig(mini_batch_size=8, gradient_accumulation_steps=4).micro_batch_size == 2
     with pytest.raises(ValueError, match="k1's gradient"):
         PPOConfig(kl_in_loss=True, kl_estimator="k1")
+    with pytest.raises(ValueError, match="'full' needs kl_in_loss"):
+        PPOConfig(kl_estimator="full")
     assert PPOConfig(kl_in_loss=True).kl_estimator_used == "k3" and PPOConfig().kl_estimator_used == "k1"
 
 
@@ -122,11 +124,12 @@ def test_without_a_kl_term_no_reference_is_kept():
     assert stats["objective/kl"] == 0.0 and np.isfinite(stats["losses/policy_loss"])
 
 
-def test_a_kl_term_in_the_loss_pulls_the_policy_back_to_the_reference():
+@pytest.mark.parametrize("estimator", ["k3", "full"])
+def test_a_kl_term_in_the_loss_pulls_the_policy_back_to_the_reference(estimator):
     """With a reward that never fires, RLOO's advantages are zero: only the KL term in the loss moves the policy."""
     env = make_env(reward="keyword(include=qqqzzzqqq)")
     agent = small_agent(env, advantage="rloo", group_size=4, kl_in_loss=True, init_kl_coef=1.0, adaptive_kl=False,
-                        learning_rate=3e-3)
+                        learning_rate=3e-3, kl_estimator=estimator)
     torch.manual_seed(0)
     with torch.no_grad():
         for p in agent.policy.lm.parameters():
@@ -159,6 +162,17 @@ def test_separate_value_model_trains():
     assert np.isfinite(stats["losses/value_loss"])
 
 
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_the_critic_learns_at_its_own_rate(value_model):
+    agent = small_agent(make_env(), value_model=value_model, learning_rate=1e-3, value_learning_rate=0.0)
+    critic = [m for m in (agent.policy.value_head, agent.policy.value_model) if m is not None]
+    critic_before = [p.detach().clone() for m in critic for p in m.parameters()]
+    lm_before = [p.detach().clone() for p in agent.policy.lm.parameters()]
+    agent.train_iteration()
+    assert all(torch.equal(a, b) for a, b in zip(critic_before, (p for m in critic for p in m.parameters())))
+    assert all(not torch.equal(a, b) for a, b in zip(lm_before, agent.policy.lm.parameters()))
+
+
 def test_a_tiny_model_learns_a_simple_critic(lowercase_critic):
     """Learning, not only running: the share of lowercase letters rises to a clear margin."""
     env = make_env(reward=lowercase_critic, max_new_tokens=8)
@@ -170,6 +184,16 @@ def test_a_tiny_model_learns_a_simple_critic(lowercase_critic):
     after = agent.evaluate(prompts, seed=0).rewards.mean()
     assert before < 0.15  # random bytes: about 26/384 of them lowercase
     assert after > before + 0.4, (before, after)
+
+
+def test_an_entropy_bonus_holds_the_entropy_up(lowercase_critic):
+    entropies = {}
+    for ent_coef in (0.0, 0.2):
+        agent = small_agent(make_env(reward=lowercase_critic), batch_size=16, mini_batch_size=8, learning_rate=1e-2,
+                            init_kl_coef=0.0, adaptive_kl=False, ent_coef=ent_coef, seed=1)
+        history = [agent.train_iteration()["losses/entropy"] for _ in range(6)]
+        entropies[ent_coef] = history[-1]
+    assert entropies[0.2] > entropies[0.0] + 0.3, entropies
 
 
 def test_checkpoint_then_resume_gives_the_same_next_iteration(tmp_path):

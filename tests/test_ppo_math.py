@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from textenv.agents.ppo_math import (
+    full_kl,
     AdaptiveKLController,
     FixedKLController,
     compute_gae,
@@ -197,6 +198,17 @@ def test_k1_and_k3_means_over_policy_samples_estimate_the_kl():
     k3 = kl_penalty(log_p[samples], log_q[samples], "k3").mean().item()
     assert k1 == pytest.approx(exact, abs=0.01)
     assert k3 == pytest.approx(exact, abs=0.01)
+
+
+def test_full_kl_sums_the_exact_kl_over_the_vocabulary_and_is_zero_at_the_reference():
+    p_logits = torch.tensor([[[1.0, 0.0, -1.0, 0.5], [0.0, 0.0, 0.0, 3.0]]])  # (1, 2, V)
+    q_logits = torch.tensor([[[0.0, 0.5, 0.0, -0.5], [0.0, 0.0, 0.0, 3.0]]])  # (1, 2, V)
+    log_q = torch.log_softmax(q_logits, -1)  # (1, 2, V)
+    kl = full_kl(p_logits, log_q.to(torch.bfloat16))  # (1, 2)
+    log_p = torch.log_softmax(p_logits[0, 0], -1)
+    hand = sum(math.exp(a) * (a - b) for a, b in zip(log_p.tolist(), log_q[0, 0].tolist()))  # 0.33 nats
+    assert kl.shape == (1, 2) and kl[0, 0].item() == pytest.approx(hand, abs=5e-3) and hand > 0.3
+    assert kl[0, 1].item() == pytest.approx(0.0, abs=5e-3)  # the same distribution (bf16 rounding aside)
 
 
 def test_unknown_kl_estimator_lists_the_known_ones():
