@@ -62,7 +62,8 @@ def main() -> None:
                 ent_coef=args.ent_coef, kl_estimator=args.kl_estimator)
     print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; "
           f"batch {args.batch_size}/{args.mini_batch_size}/{args.grad_accum} x {args.ppo_epochs} epochs; "
-          f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''} ({agent.config.kl_estimator_used}); vf_coef {args.vf_coef}; "
+          f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''} ({agent.config.kl_estimator_used}); "
+          f"vf_coef {args.vf_coef}; "
           f"lambda {args.lam}; temperature {args.temperature}; value lr {args.value_lr or args.lr}; "
           f"kl target {args.kl_target}; ent_coef {args.ent_coef}; "
           f"reward {args.reward}; "

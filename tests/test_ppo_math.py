@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from textenv.agents.ppo_math import (
-    full_kl,
     AdaptiveKLController,
     FixedKLController,
     compute_gae,
     entropy_from_logits,
+    full_kl,
     group_advantages,
     kl_penalty,
     logprobs_from_logits,
