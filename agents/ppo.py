@@ -170,14 +170,15 @@ class PPO:
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """The policy's trainable parameters; the critic's in a group of its own with ``value_learning_rate``."""
-        critic = [m for m in (self.policy.value_head, self.policy.value_model) if m is not None]
-        critic_ids = {id(p) for m in critic for p in m.parameters()}
-        actor = [p for p in self.policy.parameters() if p.requires_grad and id(p) not in critic_ids]
-        groups = [{"params": actor}]
-        critic_params = [p for m in critic for p in m.parameters() if p.requires_grad]
-        if critic_params:
+        critic = [
+            p for m in (self.policy.value_head, self.policy.value_model) if m is not None
+            for p in m.parameters() if p.requires_grad
+        ]
+        critic_ids = {id(p) for p in critic}
+        groups = [{"params": [p for p in self.policy.parameters() if p.requires_grad and id(p) not in critic_ids]}]
+        if critic:
             lr = self.config.value_learning_rate
-            groups.append({"params": critic_params, "lr": self.config.learning_rate if lr is None else lr})
+            groups.append({"params": critic, "lr": self.config.learning_rate if lr is None else lr})
         return groups
 
     # ------------------------------------------------------------------ training
@@ -279,9 +280,9 @@ class PPO:
         ref_logprobs = episodes.logprobs.clone()  # (B, T); stays so (KL 0) without a reference
         values = episodes.values if episodes.values is not None else torch.zeros_like(mask)  # (B, T)
         need_values = cfg.uses_value_head and not self.policy.shares_trunk
-        keep_full = cfg.kl_in_loss and cfg.kl_estimator_used == "full" and self.reference is not None
-        ref_logp_full = (  # (B, T, V)
-            torch.zeros(*tokens.shape, self.task.vocab_size, dtype=torch.bfloat16, device=self.device)
+        keep_full = cfg.kl_estimator_used == "full" and self.reference is not None  # (the config ties it to the loss)
+        ref_logp_full = (  # (B, T, V), every row written below
+            torch.empty(*tokens.shape, self.task.vocab_size, dtype=torch.bfloat16, device=self.device)
             if keep_full else None
         )
         self.policy.eval()

@@ -64,7 +64,8 @@ def main() -> None:
           f"batch {args.batch_size}/{args.mini_batch_size}/{args.grad_accum} x {args.ppo_epochs} epochs; "
           f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''} ({agent.config.kl_estimator_used}); "
           f"vf_coef {args.vf_coef}; "
-          f"lambda {args.lam}; temperature {args.temperature}; value lr {args.value_lr or args.lr}; "
+          f"lambda {args.lam}; temperature {args.temperature}; "
+          f"value lr {args.lr if args.value_lr is None else args.value_lr}; "
           f"kl target {args.kl_target}; ent_coef {args.ent_coef}; "
           f"reward {args.reward}; "
           f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
