@@ -38,8 +38,8 @@ class ActorCritic(nn.Module):
         return self.value_head is not None and self.value_model is None
 
     def value_of_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Values (...,) of last-layer hidden states (..., H)."""
-        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+        """Values (...,) in float32 of last-layer hidden states (..., H), whatever the autocast."""
+        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion: int, *, values: bool = True

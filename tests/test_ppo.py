@@ -155,8 +155,9 @@ def test_freed_cpu_memory_is_reused_without_page_faults():
     assert min(counts[-3:]) < 1_000, counts
 
 
-def test_separate_value_model_trains():
-    agent = small_agent(make_env(), value_model="separate", learning_rate=1e-3)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_separate_value_model_trains(precision):
+    agent = small_agent(make_env(), value_model="separate", learning_rate=1e-3, precision=precision)
     assert agent.policy.value_model is not None and not agent.policy.shares_trunk
     stats = agent.train_iteration()
     assert np.isfinite(stats["losses/value_loss"])
