@@ -42,7 +42,6 @@ from textenv.agents.ppo_math import (
     compute_gae,
     full_kl,
     group_advantages,
-    kl_of_distributions,
     kl_penalty,
     logprobs_and_entropy,
     logprobs_from_logits,
@@ -261,13 +260,7 @@ class PPO:
             return generate_episodes(
                 self.policy.lm, self.env, sampling=self.sampling, generator=self.sample_generator,
                 prompts=self._draw_prompts(cfg.batch_size), value_head=value_head,
-                keep_distributions=self._exact_kl_in_reward,
             )
-
-    @property
-    def _exact_kl_in_reward(self) -> bool:
-        cfg = self.config
-        return cfg.kl_estimator_used == "full" and not cfg.kl_in_loss and self.reference is not None
 
     def _draw_prompts(self, n: int) -> list[str]:
         cfg = self.config
@@ -287,12 +280,11 @@ class PPO:
         ref_logprobs = episodes.logprobs.clone()  # (B, T); stays so (KL 0) without a reference
         values = episodes.values if episodes.values is not None else torch.zeros_like(mask)  # (B, T)
         need_values = cfg.uses_value_head and not self.policy.shares_trunk
-        exact_kl = cfg.kl_estimator_used == "full" and self.reference is not None
-        ref_logp_full = (  # (B, T, V) for the loss's exact KL, every row written below
+        keep_full = cfg.kl_estimator_used == "full" and self.reference is not None  # (the config ties it to the loss)
+        ref_logp_full = (  # (B, T, V), every row written below
             torch.empty(*tokens.shape, self.task.vocab_size, dtype=torch.bfloat16, device=self.device)
-            if exact_kl and cfg.kl_in_loss else None
+            if keep_full else None
         )
-        token_kl = torch.zeros_like(mask)  # (B, T) the reward's exact KL, filled below when it is used
         self.policy.eval()
         for rows in torch.arange(len(tokens), device=self.device).split(cfg.mini_batch_size):
             ids, att = without_left_padding(input_ids[rows], attention[rows])  # (b, L') each
@@ -309,12 +301,8 @@ class PPO:
             if cfg.temperature not in (0.0, 1.0):
                 ref_logits = ref_logits.float() / cfg.temperature
             ref_logprobs[rows] = logprobs_from_logits(ref_logits, tokens[rows]) * mask[rows]
-            if exact_kl:
-                ref_logp = F.log_softmax(ref_logits, dim=-1, dtype=torch.float32)  # (b, T, V)
-                if cfg.kl_in_loss:
-                    ref_logp_full[rows] = ref_logp.to(torch.bfloat16)
-                else:
-                    token_kl[rows] = kl_of_distributions(episodes.logp_full[rows], ref_logp)
+            if ref_logp_full is not None:
+                ref_logp_full[rows] = F.log_softmax(ref_logits, dim=-1, dtype=torch.float32).to(torch.bfloat16)
 
         scores = torch.as_tensor(episodes.scores, dtype=torch.float32, device=self.device)  # (B,)
         if cfg.reward_norm:
@@ -324,10 +312,7 @@ class PPO:
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
         rewards = episodes.token_rewards * mask  # (B, T)
         if not cfg.kl_in_loss:  # else the update's loss carries it
-            if exact_kl:
-                kl = token_kl * mask  # (B, T)
-            else:
-                kl = kl_penalty(episodes.logprobs, ref_logprobs, cfg.kl_estimator_used) * mask  # (B, T)
+            kl = kl_penalty(episodes.logprobs, ref_logprobs, cfg.kl_estimator_used) * mask  # (B, T)
             rewards = rewards - self.kl_ctl.value * kl  # (B, T)
         last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of each episode's last token
         rewards[torch.arange(len(rewards), device=self.device), last] += scores

@@ -63,9 +63,9 @@ class PPOConfig:
     """Horizon (episodes) of the adaptive controller."""
     kl_estimator: Literal["k1", "k2", "k3", "full"] | None = None
     """Per-token KL estimator: k1 = log p - log q; k2 = (log p - log q)^2 / 2; k3 = (r - 1) - log r, r = q/p;
-    full = the exact KL summed over the vocabulary, which has no sampling noise (trl's ``kl_penalty="full"``;
-    it keeps whole distributions, B x T x V in bf16: the rollout's for the reward, the reference's for the
-    loss). None: k1 in the reward, k3 in the loss."""
+    full = the exact KL summed over the vocabulary (in the loss only: it keeps the reference's whole
+    distribution, B x T x V in bf16, for the update; as a per-token reward it would not depend on the
+    sampled token, and a run with it ran away to 20 nats). None: k1 in the reward, k3 in the loss."""
     kl_in_loss: bool = False
     """Put the KL penalty in the loss (the masked token mean of the estimator, times the KL weight, as in
     GRPO) instead of in the reward. In the loss each token is pulled back towards the reference by its own
@@ -132,6 +132,11 @@ class PPOConfig:
             raise ValueError(
                 "kl_in_loss needs kl_estimator k2 or k3 (or None: k3): k1's gradient at sampled tokens is zero in "
                 "expectation"
+            )
+        if self.kl_estimator == "full" and not self.kl_in_loss:
+            raise ValueError(
+                "kl_estimator 'full' needs kl_in_loss=True: as a reward, the exact KL at a position does not depend "
+                "on the token sampled there, so the policy gradient loses the KL's pull on that token's choice"
             )
         if self.advantage not in ("gae", "rloo", "grpo"):
             raise ValueError(f"advantage must be gae, rloo or grpo, got {self.advantage!r}")

@@ -309,20 +309,7 @@ def full_kl(logits: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     Returns:
         (B, T) float32 KL in nats at each position.
     """
-    return kl_of_distributions(F.log_softmax(logits, dim=-1, dtype=torch.float32), ref_logp)
-
-
-def kl_of_distributions(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """Exact KL(p || q) at each position from both whole log-distributions.
-
-    Args:
-        logp: (B, T, V) the policy's log-probabilities (any float dtype).
-        ref_logp: (B, T, V) the reference's.
-
-    Returns:
-        (B, T) float32 KL in nats.
-    """
-    logp = logp.float()  # (B, T, V)
+    logp = F.log_softmax(logits, dim=-1, dtype=torch.float32)  # (B, T, V)
     return (logp.exp() * (logp - ref_logp.float())).sum(-1)  # (B, T)
 
 

@@ -60,8 +60,6 @@ class Episodes:
             model's temperature-scaled distribution (before top-k/top-p), 0 past the end.
         token_rewards: (N, T) per-token rewards from sources that give them (zeros if none).
         values: (N, T) the value head's estimate before each token, if one was given.
-        logp_full: (N, T, V) bf16, the sampling distribution's whole log-probabilities at each
-            step (temperature-scaled, before top-k/top-p), if asked for.
     """
 
     prompts: list[str]
@@ -75,7 +73,6 @@ class Episodes:
     logprobs: torch.Tensor
     token_rewards: torch.Tensor
     values: torch.Tensor | None = None
-    logp_full: torch.Tensor | None = None
 
     @property
     def scores(self) -> np.ndarray:
@@ -94,7 +91,6 @@ def generate_episodes(
     prompts: list[str] | None = None,
     progress: bool = False,
     value_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    keep_distributions: bool = False,
 ) -> Episodes:
     """Run one episode in every row of ``env`` with ``model`` choosing the tokens.
 
@@ -111,8 +107,6 @@ def generate_episodes(
         progress: show a progress bar over the generated tokens.
         value_head: maps the last hidden state (N, H) to values (N,); when given, the
             values of every step are returned (from the same forward as the logits).
-        keep_distributions: also return every step's whole log-distribution (``logp_full``,
-            N x T x V in bf16), e.g. for the exact KL to a reference.
     """
     if env.autoreset_mode != AutoresetMode.DISABLED:
         raise ValueError("generate_episodes needs an env with autoreset_mode='Disabled'")
@@ -131,10 +125,6 @@ def generate_episodes(
     temperature = sampling.temperature or 1.0
     logprobs = torch.zeros(n, limit, device=env.device)  # (N, T)
     values = torch.zeros(n, limit, device=env.device) if value_head is not None else None
-    logp_full = (  # (N, T, V); rows stay 0 after their episode ends
-        torch.zeros(n, limit, env.task.vocab_size, dtype=torch.bfloat16, device=env.device)
-        if keep_distributions else None
-    )
     done = torch.zeros(n, dtype=torch.bool, device=env.device)
     ended = _Ended(n, limit, env.task.rewards.names)
     bar = tqdm(total=limit, desc="generating", unit="tok", disable=not progress, leave=False)
@@ -146,10 +136,7 @@ def generate_episodes(
         cache = out.cache
         logits = out.logits[:, -1, : env.task.vocab_size].float() / temperature  # (N, V)
         actions = sample_tokens(warpers(None, logits), sampling, generator)  # (N,)
-        logp = torch.log_softmax(logits, -1)  # (N, V)
-        logprobs[:, t] = logp.gather(1, actions[:, None]).squeeze(1) * ~done
-        if logp_full is not None:
-            logp_full[:, t] = logp * ~done[:, None]
+        logprobs[:, t] = torch.log_softmax(logits, -1).gather(1, actions[:, None]).squeeze(1) * ~done
         if value_head is not None:
             values[:, t] = value_head(out.hidden_states[-1][:, -1]).float() * ~done  # (N,)
         _, reward, terminated, truncated, info = env.step(actions)
@@ -168,7 +155,7 @@ def generate_episodes(
         prompts=ended.prompts, completions=ended.completions, rewards=ended.rewards,
         reward_terms=ended.terms, prompt_ids=prompt_ids, prompt_mask=attention[:, :width],
         completion_ids=ids, completion_mask=mask, logprobs=logprobs,
-        token_rewards=ended.token_rewards.to(env.device), values=values, logp_full=logp_full,
+        token_rewards=ended.token_rewards.to(env.device), values=values,
     )
 
 
