@@ -38,8 +38,8 @@ class PPOConfig:
     """GAE's lambda."""
     cliprange: float = 0.2
     """Clip range of the policy ratio."""
-    cliprange_value: float = 0.2
-    """Clip range of the value prediction around the rollout's value."""
+    cliprange_value: float | None = 0.2
+    """Clip range of the value prediction around the rollout's value (None: no value clipping)."""
     vf_coef: float = 0.1
     """Weight of the value loss."""
     ent_coef: float = 0.0

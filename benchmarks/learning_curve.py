@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--ent-coef", type=float, default=0.0, help="weight of the entropy bonus")
     parser.add_argument("--kl-target", type=float, default=6.0, help="adaptive KL controller's target (nats)")
     parser.add_argument("--cliprange", type=float, default=0.2, help="PPO's ratio clip")
+    parser.add_argument("--cliprange-value", type=lambda v: None if v == "none" else float(v), default=0.2,
+                        help="value clip around the rollout's values ('none': off)")
     parser.add_argument("--value-model", choices=["shared", "separate"], default="shared",
                         help="the value head on the policy's trunk or on its own copy of the LM")
     parser.add_argument("--eval-batches", type=int, default=4,
@@ -63,7 +65,7 @@ def main() -> None:
                 temperature=args.temperature, gradient_accumulation_steps=args.grad_accum, vf_coef=args.vf_coef,
                 lam=args.lam, value_learning_rate=args.value_lr, kl_target=args.kl_target,
                 ent_coef=args.ent_coef, kl_estimator=args.kl_estimator, value_model=args.value_model,
-                cliprange=args.cliprange)
+                cliprange=args.cliprange, cliprange_value=args.cliprange_value)
     print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; "
           f"batch {args.batch_size}/{args.mini_batch_size}/{args.grad_accum} x {args.ppo_epochs} epochs; "
           f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''} ({agent.config.kl_estimator_used}); "
@@ -71,7 +73,7 @@ def main() -> None:
           f"lambda {args.lam}; temperature {args.temperature}; "
           f"value lr {args.lr if args.value_lr is None else args.value_lr}; "
           f"kl target {args.kl_target}; ent_coef {args.ent_coef}; {args.value_model} value model; "
-          f"clip {args.cliprange}; "
+          f"clip {args.cliprange}; value clip {args.cliprange_value}; "
           f"reward {args.reward}; "
           f"{'bf16 autocast' if agent.bf16 else 'fp32'}", flush=True)
     print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'kl_coef':>7} {'s/iter':>7}", flush=True)
