@@ -33,6 +33,7 @@ from textenv.agents.policy import (
     frozen_copy,
     keep_freed_cpu_memory,
     resolve_device,
+    store_linear_weights_in_bf16,
     use_bf16,
 )
 from textenv.agents.ppo_config import PPOConfig
@@ -145,6 +146,8 @@ class PPO:
             self.reference = None
         else:
             self.reference = reference.to(self.device) if reference is not None else frozen_copy(model)
+            if self.bf16:  # it only runs under bf16 autocast: same logits, no per-forward casts, less memory
+                store_linear_weights_in_bf16(self.reference)
         self.policy = ActorCritic(
             model, with_value_head=cfg.uses_value_head, separate_value_model=cfg.value_model == "separate"
         ).to(self.device)

@@ -93,6 +93,20 @@ def test_the_update_sees_the_rollout_policy_without_the_padding_columns():
     assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-4) and stats["approx_kl"] < 1e-6
 
 
+def test_under_bf16_autocast_the_reference_keeps_its_linear_weights_in_bf16_and_its_logits():
+    agent = small_agent(make_env(), precision="bf16")
+    ref = agent.reference
+    linears = [m for m in ref.modules() if isinstance(m, torch.nn.Linear)]
+    tied = ref.get_output_embeddings().weight is ref.get_input_embeddings().weight
+    assert sum(m.weight.dtype == torch.bfloat16 for m in linears) == len(linears) - tied > 0
+    assert ref.get_input_embeddings().weight.dtype == torch.float32
+    ids = torch.randint(0, agent.task.vocab_size, (2, 12))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        stored_bf16 = ref(input_ids=ids).logits
+        cast_each_time = agent.policy.lm(input_ids=ids).logits  # the same weights, fp32 (no step taken yet)
+    assert torch.equal(stored_bf16, cast_each_time)
+
+
 def test_one_iteration_changes_the_weights_and_logs_finite_losses():
     agent = small_agent(make_env(), learning_rate=1e-3)
     before = [p.detach().clone() for p in agent.policy.parameters()]
