@@ -178,11 +178,21 @@ class PPO:
             for p in m.parameters() if p.requires_grad
         ]
         critic_ids = {id(p) for p in critic}
-        groups = [{"params": [p for p in self.policy.parameters() if p.requires_grad and id(p) not in critic_ids]}]
+        policy = [p for p in self.policy.parameters() if p.requires_grad and id(p) not in critic_ids]
+        groups = [{"params": policy, "lr": self.config.learning_rate}]
         if critic:
             lr = self.config.value_learning_rate
             groups.append({"params": critic, "lr": self.config.learning_rate if lr is None else lr})
         return groups
+
+    def _anneal_learning_rates(self) -> None:
+        """Set each group's learning rate for this iteration from ``lr_decay_episodes`` (if set)."""
+        horizon = self.config.lr_decay_episodes
+        if horizon is None:
+            return
+        scale = max(0.0, 1.0 - self.num_episodes / horizon)
+        for group, initial in zip(self.optimizer.param_groups, self._param_groups()):
+            group["lr"] = initial["lr"] * scale
 
     # ------------------------------------------------------------------ training
 
@@ -229,6 +239,7 @@ class PPO:
         rollout_time = time.perf_counter() - start
         batch, reward_stats = self.make_batch(episodes)
         prepare_time = time.perf_counter() - start - rollout_time
+        self._anneal_learning_rates()
         update_stats = self.update(batch)
         update_time = time.perf_counter() - start - rollout_time - prepare_time
         self.num_iterations += 1
@@ -240,6 +251,7 @@ class PPO:
             "charts/episodic_length": tokens / cfg.batch_size,
             **reward_stats,
             **update_stats,
+            "charts/learning_rate": self.optimizer.param_groups[0]["lr"],
             "perf/tokens_per_s": tokens / (time.perf_counter() - start),
             "perf/time_rollout": rollout_time,
             "perf/time_prepare": prepare_time,

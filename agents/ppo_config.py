@@ -26,6 +26,10 @@ class PPOConfig:
     """Adam's learning rate."""
     value_learning_rate: float | None = None
     """Learning rate of the value head (and of a separate value model); None: ``learning_rate``."""
+    lr_decay_episodes: int | None = None
+    """Anneal both learning rates linearly, from their values at episode 0 to 0 at this many episodes of
+    the run (as SB3's linear schedule over ``total_timesteps``); None keeps them constant. Set at the
+    start of each iteration from the run's episode count, so a resumed run continues the same line."""
     adam_eps: float = 1e-8
     """Adam's epsilon."""
     max_grad_norm: float | None = 1.0
@@ -138,6 +142,8 @@ class PPOConfig:
                 "kl_estimator 'full' needs kl_in_loss=True: as a reward, the exact KL at a position does not depend "
                 "on the token sampled there, so the policy gradient loses the KL's pull on that token's choice"
             )
+        if self.lr_decay_episodes is not None and self.lr_decay_episodes <= 0:
+            raise ValueError(f"lr_decay_episodes must be positive (or None), got {self.lr_decay_episodes}")
         if self.advantage not in ("gae", "rloo", "grpo"):
             raise ValueError(f"advantage must be gae, rloo or grpo, got {self.advantage!r}")
 

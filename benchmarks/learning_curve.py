@@ -47,6 +47,8 @@ def main() -> None:
                         help="per-token KL estimator (default: k1 in the reward, k3 in the loss)")
     parser.add_argument("--ent-coef", type=float, default=0.0, help="weight of the entropy bonus")
     parser.add_argument("--kl-target", type=float, default=6.0, help="adaptive KL controller's target (nats)")
+    parser.add_argument("--lr-decay-episodes", type=int, default=None,
+                        help="anneal the learning rates linearly to 0 at this many episodes (default: constant)")
     parser.add_argument("--cliprange", type=float, default=0.2, help="PPO's ratio clip")
     parser.add_argument("--cliprange-value", type=lambda v: None if v == "none" else float(v), default=0.2,
                         help="value clip around the rollout's values ('none': off)")
@@ -65,8 +67,9 @@ def main() -> None:
                 temperature=args.temperature, gradient_accumulation_steps=args.grad_accum, vf_coef=args.vf_coef,
                 lam=args.lam, value_learning_rate=args.value_lr, kl_target=args.kl_target,
                 ent_coef=args.ent_coef, kl_estimator=args.kl_estimator, value_model=args.value_model,
-                cliprange=args.cliprange, cliprange_value=args.cliprange_value)
-    print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr}; {args.advantage}; kl horizon {args.kl_horizon}; "
+                cliprange=args.cliprange, cliprange_value=args.cliprange_value,
+                lr_decay_episodes=args.lr_decay_episodes)
+    print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr} (to 0 at {args.lr_decay_episodes}); {args.advantage}; kl horizon {args.kl_horizon}; "
           f"batch {args.batch_size}/{args.mini_batch_size}/{args.grad_accum} x {args.ppo_epochs} epochs; "
           f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''} ({agent.config.kl_estimator_used}); "
           f"vf_coef {args.vf_coef}; "

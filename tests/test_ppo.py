@@ -211,8 +211,24 @@ def test_an_entropy_bonus_holds_the_entropy_up(lowercase_critic):
     assert entropies[0.2] > entropies[0.0] + 0.3, entropies
 
 
+def test_learning_rates_fall_linearly_to_zero_over_lr_decay_episodes():
+    agent = small_agent(make_env(), learning_rate=1e-3, value_learning_rate=4e-3, lr_decay_episodes=32)
+    before = [p.detach().clone() for p in agent.policy.parameters()]
+    for k in range(4):
+        assert agent.train_iteration()["charts/learning_rate"] == pytest.approx(1e-3 * (1 - 8 * k / 32))
+        assert agent.optimizer.param_groups[1]["lr"] == pytest.approx(4e-3 * (1 - 8 * k / 32))
+    after = [p.detach().clone() for p in agent.policy.parameters()]
+    agent.train_iteration()  # episode 32: the rate is 0, so Adam leaves the weights where they are
+    assert agent.optimizer.param_groups[0]["lr"] == 0.0
+    assert all(torch.equal(a, p) for a, p in zip(after, agent.policy.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(before, after))
+    with pytest.raises(ValueError, match="lr_decay_episodes must be positive"):
+        PPOConfig(lr_decay_episodes=0)
+
+
 def test_checkpoint_then_resume_gives_the_same_next_iteration(tmp_path):
-    kwargs = dict(learning_rate=1e-3, run_dir=str(tmp_path / "run"), checkpoint_every=0, reward_norm=True)
+    kwargs = dict(learning_rate=1e-3, run_dir=str(tmp_path / "run"), checkpoint_every=0, reward_norm=True,
+                  lr_decay_episodes=40)
     agent = small_agent(make_env(), **kwargs)
     agent.learn(total_episodes=16)
     path = agent.save(tmp_path / "ckpt")
@@ -221,6 +237,7 @@ def test_checkpoint_then_resume_gives_the_same_next_iteration(tmp_path):
     resumed = PPO.load(path, make_env(), run_dir=str(tmp_path / "run2"))
     assert resumed.num_iterations == 2 and resumed.num_episodes == 16
     got = resumed.train_iteration()
+    assert got["charts/learning_rate"] == pytest.approx(1e-3 * (1 - 16 / 40))
     for key in ["charts/episodic_return", "objective/kl", "losses/policy_loss", "losses/value_loss",
                 "losses/approx_kl", "objective/kl_coef"]:
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kl-coef", type=float, default=0.085, help="initial weight of the per-token KL penalty")
     p.add_argument("--vf-coef", type=float, default=0.5, help="weight of the value loss (gae)")
     p.add_argument("--lam", type=float, default=0.8, help="GAE's lambda (gae)")
+    p.add_argument("--clip", type=float, default=0.1, help="PPO's clip range of the policy ratio")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--advantage", choices=["gae", "rloo", "grpo"], default="gae",
                    help="gae (default: the value head, crediting each token), rloo (leave-one-out baseline over "

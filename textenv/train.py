@@ -36,7 +36,7 @@ def run_training(args: argparse.Namespace) -> int:
     options = dict(
         batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, ppo_epochs=args.ppo_epochs,
         advantage=args.advantage, group_size=args.group_size, device=args.device, precision=args.precision,
-        seed=args.seed, init_kl_coef=args.kl_coef, vf_coef=args.vf_coef, lam=args.lam,
+        seed=args.seed, init_kl_coef=args.kl_coef, vf_coef=args.vf_coef, lam=args.lam, cliprange=args.clip,
         run_dir=args.output_dir, checkpoint_every=max(1, args.iterations // 4),
     )
     options["learning_rate"] = args.lr
