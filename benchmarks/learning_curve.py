@@ -69,7 +69,8 @@ def main() -> None:
                 ent_coef=args.ent_coef, kl_estimator=args.kl_estimator, value_model=args.value_model,
                 cliprange=args.cliprange, cliprange_value=args.cliprange_value,
                 lr_decay_episodes=args.lr_decay_episodes)
-    print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr} (to 0 at {args.lr_decay_episodes}); {args.advantage}; kl horizon {args.kl_horizon}; "
+    print(f"load average {os.getloadavg()[0]:.2f}; lr {args.lr} (to 0 at {args.lr_decay_episodes}); "
+          f"{args.advantage}; kl horizon {args.kl_horizon}; "
           f"batch {args.batch_size}/{args.mini_batch_size}/{args.grad_accum} x {args.ppo_epochs} epochs; "
           f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''} ({agent.config.kl_estimator_used}); "
           f"vf_coef {args.vf_coef}; "
