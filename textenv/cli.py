@@ -46,15 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reward", default=TRAIN_REWARD,
                    help=f"reward spec (default: {TRAIN_REWARD!r}, sentiment paid out per token)")
     p.add_argument("--iterations", type=int, default=12, help="PPO iterations (of --batch-size episodes)")
-    # Defaults: the best learner on the default task (docs/BENCHMARKS.md, learning curve (ag)).
+    # Defaults: the best learner on the default task (docs/BENCHMARKS.md, learning curve (bb)).
     p.add_argument("--batch-size", type=int, default=64, help="episodes per iteration")
     p.add_argument("--mini-batch-size", type=int, default=16)
     p.add_argument("--ppo-epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-5, help="learning rate")
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate at the start")
+    p.add_argument("--lr-schedule", choices=["linear", "constant"], default="linear",
+                   help="linear (default): anneal the learning rate to 0 over the run's iterations")
     p.add_argument("--kl-coef", type=float, default=0.085, help="initial weight of the per-token KL penalty")
     p.add_argument("--vf-coef", type=float, default=0.5, help="weight of the value loss (gae)")
     p.add_argument("--lam", type=float, default=0.8, help="GAE's lambda (gae)")
-    p.add_argument("--clip", type=float, default=0.1, help="PPO's clip range of the policy ratio")
+    p.add_argument("--clip", type=float, default=0.2, help="PPO's clip range of the policy ratio")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--advantage", choices=["gae", "rloo", "grpo"], default="gae",
                    help="gae (default: the value head, crediting each token), rloo (leave-one-out baseline over "

@@ -38,6 +38,7 @@ def run_training(args: argparse.Namespace) -> int:
         advantage=args.advantage, group_size=args.group_size, device=args.device, precision=args.precision,
         seed=args.seed, init_kl_coef=args.kl_coef, vf_coef=args.vf_coef, lam=args.lam, cliprange=args.clip,
         run_dir=args.output_dir, checkpoint_every=max(1, args.iterations // 4),
+        lr_decay_episodes=args.iterations * args.batch_size if args.lr_schedule == "linear" else None,
     )
     options["learning_rate"] = args.lr
     if args.resume:
