@@ -83,24 +83,18 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
-def store_linear_weights_in_bf16(model: nn.Module) -> int:
+def store_linear_weights_in_bf16(model: nn.Module) -> None:
     """Keep a frozen model's Linear weights in bf16, for a model that only runs under bf16 autocast.
 
     Autocast casts every fp32 Linear weight to bf16 at each forward. A weight stored in bf16 is
     the same matmul operand (both round to nearest even), without the cast and at half the
     memory. The input embedding, the norms, and an output head tied to the input embedding
     stay fp32, so the residual stream is what it was.
-
-    Returns:
-        The number of weights converted.
     """
     tied = model.get_input_embeddings().weight
-    converted = 0
     for module in model.modules():
         if isinstance(module, nn.Linear) and module.weight is not tied:
             module.to(torch.bfloat16)
-            converted += 1
-    return converted
 
 
 def resolve_device(device: str) -> torch.device:

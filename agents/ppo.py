@@ -156,6 +156,7 @@ class PPO:
             self._param_groups(), lr=cfg.learning_rate, eps=cfg.adam_eps,
             fused=True,  # one kernel for all parameters: 5x faster steps than the for-each default on a CPU
         )
+        self.initial_learning_rates = [group["lr"] for group in self.optimizer.param_groups]  # lr_decay's start
         self.kl_ctl = (
             AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
             if cfg.adaptive_kl
@@ -191,8 +192,8 @@ class PPO:
         if horizon is None:
             return
         scale = max(0.0, 1.0 - self.num_episodes / horizon)
-        for group, initial in zip(self.optimizer.param_groups, self._param_groups()):
-            group["lr"] = initial["lr"] * scale
+        for group, initial in zip(self.optimizer.param_groups, self.initial_learning_rates):
+            group["lr"] = initial * scale
 
     # ------------------------------------------------------------------ training
 
