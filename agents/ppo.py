@@ -16,7 +16,7 @@ import math
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,9 @@ from textenv.generation import Episodes, SamplingConfig, generate_episodes
 from textenv.models import load_causal_lm
 
 STATE_FILE = "trainer_state.json"
+
+IterationCallback = Callable[["PPO", dict[str, float]], "bool | None"]
+"""``callback(agent, stats)`` after each iteration of :meth:`PPO.learn`; ``False`` stops training."""
 
 
 class TrainingError(RuntimeError):
@@ -197,12 +200,27 @@ class PPO:
 
     # ------------------------------------------------------------------ training
 
-    def learn(self, total_episodes: int, *, reset_num_episodes: bool = True) -> PPO:
+    def learn(
+        self,
+        total_episodes: int,
+        *,
+        callback: IterationCallback | Sequence[IterationCallback] | None = None,
+        reset_num_episodes: bool = True,
+    ) -> PPO:
         """Train for ``total_episodes`` more episodes (or, with ``reset_num_episodes=False``,
         until the run has seen ``total_episodes`` in all, as when resuming).
 
         A first Ctrl-C finishes the current iteration, saves a checkpoint and returns;
         a second one aborts at once.
+
+        Args:
+            total_episodes: episodes to train for (rounded up to whole iterations).
+            callback: called as ``callback(agent, stats)`` after each iteration, with that
+                iteration's logged scalars (one callable or a list of them). Returning
+                ``False`` stops training there, as SB3's callbacks do; the run then ends
+                as it would at ``total_episodes``, with a checkpoint and the reward curve.
+            reset_num_episodes: count ``total_episodes`` from now (True) or from the run's
+                start (False).
 
         Raises:
             TrainingError: a non-finite loss or gradient (a checkpoint of the last good
@@ -210,6 +228,7 @@ class PPO:
         """
         target = self.num_episodes + total_episodes if reset_num_episodes else total_episodes
         iterations = max(0, math.ceil((target - self.num_episodes) / self.config.batch_size))
+        callbacks = [] if callback is None else [callback] if callable(callback) else list(callback)
         bar = tqdm(total=iterations, desc="PPO", unit="it", disable=not self.config.progress)
         with _graceful_interrupt() as interrupt:
             for _ in range(iterations):
@@ -219,6 +238,9 @@ class PPO:
                 every = self.config.checkpoint_every
                 if self.run and every and self.num_iterations % every == 0:
                     self.save_checkpoint()
+                answers = [cb(self, stats) for cb in callbacks]  # every callback sees every iteration
+                if any(answer is False for answer in answers):
+                    break
                 if interrupt.requested:
                     bar.close()
                     where = self.save_checkpoint() if self.run else None

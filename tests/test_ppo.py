@@ -263,6 +263,26 @@ def test_run_directory_holds_events_samples_curve_and_checkpoints(tmp_path):
             "losses/approx_kl", "losses/clipfrac", "losses/entropy", "perf/tokens_per_s", "reward/length"} <= tags
 
 
+def test_a_callback_sees_each_iteration_and_can_stop_the_run(tmp_path):
+    seen, returns = [], []
+
+    def record(agent, stats):  # returns None: never stops
+        seen.append((agent.num_iterations, stats["episodes"]))
+
+    def stop_at_target(agent, stats):
+        returns.append(stats["charts/episodic_return"])
+        return agent.num_iterations < 2
+
+    agent = small_agent(make_env(), run_dir=str(tmp_path), checkpoint_every=0)
+    agent.learn(total_episodes=8 * 5, callback=[record, stop_at_target])
+    assert seen == [(1, 8.0), (2, 16.0)] and len(returns) == 2 and all(np.isfinite(returns))
+    assert agent.num_episodes == 16
+    assert (tmp_path / "checkpoints" / "iter_000002" / "trainer_state.json").exists()  # ended as a full run does
+    assert (tmp_path / "reward_curve.png").exists()
+    agent.learn(total_episodes=8, callback=record)  # a single callable works too
+    assert seen[-1] == (3, 24.0)
+
+
 def test_a_nonfinite_loss_stops_with_a_clear_error_and_a_loadable_checkpoint(tmp_path):
     agent = small_agent(make_env(), run_dir=str(tmp_path), checkpoint_every=0)
     with torch.no_grad():
