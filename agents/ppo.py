@@ -582,7 +582,15 @@ class PPO:
         agent._setup(env, model, reference)
         if (path / "value.safetensors").exists():
             agent.policy.load_state_dict(load_file(path / "value.safetensors", device=str(device)), strict=False)
-        agent.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location=device))
+        optimizer_state = torch.load(path / "optimizer.pt", weights_only=True, map_location=device)
+        groups, expected = len(optimizer_state["param_groups"]), len(agent.optimizer.param_groups)
+        if groups != expected:
+            raise ValueError(
+                f"{path / 'optimizer.pt'} holds {groups} parameter group(s) where this agent has {expected} "
+                "(the policy's, and the critic's with a value head): the checkpoint was written by an older "
+                "textenv or for another advantage; load its weights as a model instead (model/ inside it)"
+            )
+        agent.optimizer.load_state_dict(optimizer_state)
         rng = torch.load(path / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["torch"])
         agent.sample_generator.set_state(rng["sampling"])

@@ -245,6 +245,14 @@ def test_checkpoint_then_resume_gives_the_same_next_iteration(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_a_checkpoint_whose_optimizer_does_not_fit_is_refused_by_name(tmp_path):
+    gae = small_agent(make_env()).save(tmp_path / "gae")
+    rloo = small_agent(make_env(), advantage="rloo", group_size=2).save(tmp_path / "rloo")
+    (gae / "optimizer.pt").write_bytes((rloo / "optimizer.pt").read_bytes())  # one group where GAE has two
+    with pytest.raises(ValueError, match=r"gae/optimizer.pt holds 1 parameter group\(s\) where this agent has 2"):
+        PPO.load(gae, make_env())
+
+
 def test_run_directory_holds_events_samples_curve_and_checkpoints(tmp_path):
     agent = small_agent(make_env(), run_dir=str(tmp_path), checkpoint_every=2, sample_every=1, keep_checkpoints=1)
     agent.learn(total_episodes=24)
