@@ -1,0 +1,175 @@
+"""One-off probes of the default task's reward-against-KL line, beyond PPOConfig's options.
+
+Trains run (bb) of docs/BENCHMARKS.md (lr 5e-5 annealed to 0 at 960 episodes, lambda 0.8,
+KL weight 0.085, 64 episodes per iteration, mini-batches of 16, 2 epochs, reward
+``sentiment_dense + repetition``) with one change that is not an agent option, then
+measures the final policy on fresh samples as ``learning_curve.py`` does. The changes
+patch the agent from outside, for this script only:
+
+- ``--freeze-embeddings``: no updates to the (tied) input embedding and output head.
+- ``--clip-high X``: DAPO's asymmetric clip, the ratio clipped to [1 - 0.2, 1 + X].
+- ``--warmup-episodes N``: both learning rates ramped up per iteration over N episodes.
+- ``--interpolate A [A ...]``: after training, the final policy moved back towards its
+  initial weights (WARP's interpolation towards the initialization), theta_0 + a (theta - theta_0),
+  each a measured on the same samples' random numbers.
+- ``--anatomy``: where the final policy's KL goes: the exact KL and both entropies per
+  position, and the tokens that carry the most of the sampled (k1) KL.
+
+Run, one at a time (about 3.5 minutes each on 2 cores)::
+
+    .venv/bin/python benchmarks/learning_probes.py --freeze-embeddings
+    .venv/bin/python benchmarks/learning_probes.py --anatomy --interpolate 1.0 0.9 0.8
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import copy
+import os
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from learning_curve import evaluate_final_policy
+
+import textenv  # noqa: F401  (registers the env)
+import textenv.agents.ppo as ppo_module
+from textenv.agents import PPO
+from textenv.agents.policy import autocast
+from textenv.agents.ppo import without_left_padding
+from textenv.agents.ppo_math import masked_mean
+
+VADER = "reward/sentiment_dense"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--adam-eps", type=float, default=1e-8)
+    parser.add_argument("--freeze-embeddings", action="store_true")
+    parser.add_argument("--clip-high", type=float, default=None)
+    parser.add_argument("--warmup-episodes", type=int, default=0)
+    parser.add_argument("--interpolate", type=float, nargs="*", default=[])
+    parser.add_argument("--anatomy", action="store_true")
+    parser.add_argument("--eval-batches", type=int, default=4)
+    args = parser.parse_args()
+
+    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews",
+                   reward="sentiment_dense + repetition", max_new_tokens=32)
+    agent = PPO(env, learning_rate=5e-5, lr_decay_episodes=960, seed=args.seed, batch_size=64, mini_batch_size=16,
+                ppo_epochs=2, vf_coef=0.5, lam=0.8, init_kl_coef=0.085, adam_eps=args.adam_eps, progress=False)
+    print(f"load average {os.getloadavg()[0]:.2f}; {vars(args)}", flush=True)
+    if args.freeze_embeddings:
+        agent.policy.lm.get_input_embeddings().weight.requires_grad_(False)  # tied: the output head too
+        agent.optimizer = torch.optim.Adam(agent._param_groups(), lr=agent.config.learning_rate,
+                                           eps=agent.config.adam_eps, fused=True)
+    if args.clip_high is not None:
+        ppo_module.policy_loss = asymmetric_clip(ppo_module.policy_loss, args.clip_high)
+    if args.warmup_episodes:
+        with_warmup(agent, args.warmup_episodes)
+    initial = {k: v.detach().clone() for k, v in agent.policy.lm.state_dict().items()}
+
+    start = time.perf_counter()
+    print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'clipfrac':>8} {'entropy':>7}", flush=True)
+    while agent.num_episodes + agent.config.batch_size <= 1000:
+        stats = agent.train_iteration()
+        print(f"{agent.num_episodes:>8} {stats[VADER]:>+7.3f} {stats['objective/kl']:>6.2f} "
+              f"{stats['losses/clipfrac']:>8.3f} {stats['losses/entropy']:>7.3f}", flush=True)
+    print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
+    vader, kl = evaluate_final_policy(agent, VADER, args.eval_batches)
+    print(f"final policy, {args.eval_batches * 64} fresh samples: mean VADER {vader:+.3f}, KL {kl:.2f} nats",
+          flush=True)
+    if args.anatomy:
+        kl_anatomy(agent, args.eval_batches)
+    if args.interpolate:
+        interpolate_towards_initial(agent, initial, args.interpolate, args.eval_batches)
+
+
+def asymmetric_clip(policy_loss, clip_high: float):
+    """``policy_loss`` with the ratio clipped to [1 - clip_range, 1 + clip_high] (its stats unchanged)."""
+
+    def clipped(new_logprobs, old_logprobs, advantages, mask, clip_range):
+        _, stats = policy_loss(new_logprobs, old_logprobs, advantages, mask, clip_range)
+        ratio = torch.where(mask.bool(), new_logprobs - old_logprobs, 0.0).exp()  # (B, T)
+        clipped_ratio = ratio.clamp(1.0 - clip_range, 1.0 + clip_high)  # (B, T)
+        return masked_mean(torch.max(-advantages * ratio, -advantages * clipped_ratio), mask), stats
+
+    return clipped
+
+
+def with_warmup(agent: PPO, episodes: int) -> None:
+    """Scale the annealed learning rates by (episodes seen + this batch) / ``episodes`` until it reaches 1."""
+    anneal = agent._anneal_learning_rates
+
+    def anneal_with_warmup() -> None:
+        anneal()
+        scale = min(1.0, (agent.num_episodes + agent.config.batch_size) / episodes)
+        for group in agent.optimizer.param_groups:
+            group["lr"] *= scale
+
+    agent._anneal_learning_rates = anneal_with_warmup
+
+
+def interpolate_towards_initial(agent: PPO, initial: dict, alphas: list[float], batches: int) -> None:
+    """Measure theta_0 + a (theta - theta_0) for each a, all on the same random numbers."""
+    final = {k: v.detach().clone() for k, v in agent.policy.lm.state_dict().items()}
+    sampling, prompts = agent.sample_generator.get_state(), copy.deepcopy(agent.prompt_rng.bit_generator.state)
+    for alpha in alphas:
+        with torch.no_grad():
+            for name, weight in agent.policy.lm.state_dict().items():
+                if weight.is_floating_point():
+                    weight.copy_(initial[name] + alpha * (final[name] - initial[name]))
+        agent.sample_generator.set_state(sampling)
+        agent.prompt_rng.bit_generator.state = copy.deepcopy(prompts)
+        vader, kl = evaluate_final_policy(agent, VADER, batches)
+        print(f"interpolated a = {alpha}: mean VADER {vader:+.3f}, KL {kl:.2f} nats", flush=True)
+
+
+@torch.no_grad()
+def kl_anatomy(agent: PPO, batches: int) -> None:
+    """Print the exact KL and both entropies per position, and the tokens carrying the most k1 KL."""
+    vocab = agent.task.vocab_size
+    exact, k1, h_policy, h_reference = [], [], [], []
+    by_token, count = collections.Counter(), collections.Counter()
+    for _ in range(batches):
+        episodes = agent.rollout()
+        tokens, mask = episodes.completion_ids, episodes.completion_mask.float()  # (B, T) each
+        ids = torch.cat([episodes.prompt_ids, tokens], 1)  # (B, L)
+        attention = torch.cat([episodes.prompt_mask, episodes.completion_mask], 1)  # (B, L)
+        t = tokens.shape[1]
+        for rows in torch.arange(len(tokens)).split(16):
+            i, a = without_left_padding(ids[rows], attention[rows])
+            with autocast(agent.device, agent.bf16):
+                policy_logits, _ = agent.policy(i, a, t, values=False)  # (b, T, V')
+                ref_logits = agent.reference(input_ids=i, attention_mask=a, logits_to_keep=t + 1, use_cache=False,
+                                             position_ids=(a.cumsum(-1) - 1).clamp(min=0)).logits[:, :-1]
+            logp = F.log_softmax(policy_logits.float()[..., :vocab], -1)  # (b, T, V)
+            logq = F.log_softmax(ref_logits.float()[..., :vocab], -1)  # (b, T, V)
+            m = mask[rows]  # (b, T)
+            exact.append(((logp.exp() * (logp - logq)).sum(-1) * m).numpy())
+            h_policy.append((-(logp.exp() * logp).sum(-1) * m).numpy())
+            h_reference.append((-(logq.exp() * logq).sum(-1) * m).numpy())
+            sampled = (episodes.logprobs[rows] - logq.gather(-1, tokens[rows, :, None])[..., 0]) * m  # (b, T)
+            k1.append(sampled.numpy())
+            for token, value, real in zip(tokens[rows].flatten().tolist(), sampled.flatten().tolist(),
+                                          m.flatten().tolist()):
+                if real:
+                    by_token[token] += value
+                    count[token] += 1
+    exact, k1 = np.concatenate(exact), np.concatenate(k1)  # (N, T) each
+    print(f"KL per episode: exact {exact.sum(1).mean():.2f} nats, k1 {k1.sum(1).mean():.2f}")
+    print("position      " + " ".join(f"{p:>5}" for p in range(exact.shape[1])))
+    print("exact KL      " + " ".join(f"{v:>5.2f}" for v in exact.mean(0)))
+    print("H(policy)     " + " ".join(f"{v:>5.2f}" for v in np.concatenate(h_policy).mean(0)))
+    print("H(reference)  " + " ".join(f"{v:>5.2f}" for v in np.concatenate(h_reference).mean(0)))
+    print("tokens carrying the most k1 KL: token, nats per episode, times sampled, nats each")
+    for token, total in by_token.most_common(20):
+        piece = agent.task.tokenizer.decode([token])
+        print(f"  {piece!r:>14} {total / len(k1):6.3f} {count[token]:6d} {total / count[token]:6.2f}")
+
+
+if __name__ == "__main__":
+    main()
