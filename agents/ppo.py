@@ -56,6 +56,7 @@ from textenv.envs.task import TextTask
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 from textenv.generation import Episodes, SamplingConfig, generate_episodes
 from textenv.models import load_causal_lm
+from textenv.rewards import RewardError
 
 STATE_FILE = "trainer_state.json"
 
@@ -64,7 +65,8 @@ IterationCallback = Callable[["PPO", dict[str, float]], "bool | None"]
 
 
 class TrainingError(RuntimeError):
-    """Training stopped on a non-finite loss or gradient; the message says where the last good checkpoint is."""
+    """Training stopped on a non-finite loss or gradient, or a reward source's error (a NaN reward, say); the
+    message says where the last good checkpoint is."""
 
 
 @dataclasses.dataclass
@@ -223,14 +225,15 @@ class PPO:
                 start (False).
 
         Raises:
-            TrainingError: a non-finite loss or gradient (a checkpoint of the last good
-                weights is written first when there is a run directory).
+            TrainingError: a non-finite loss or gradient, or a reward source's error such
+                as a NaN reward (a checkpoint of the last good weights is written first when
+                there is a run directory).
         """
         target = self.num_episodes + total_episodes if reset_num_episodes else total_episodes
         iterations = max(0, math.ceil((target - self.num_episodes) / self.config.batch_size))
         callbacks = [] if callback is None else [callback] if callable(callback) else list(callback)
         bar = tqdm(total=iterations, desc="PPO", unit="it", disable=not self.config.progress)
-        with _graceful_interrupt() as interrupt:
+        with bar, _graceful_interrupt() as interrupt:  # the bar closes before any error is printed
             for _ in range(iterations):
                 stats = self.train_iteration()
                 bar.update(1)
@@ -247,7 +250,6 @@ class PPO:
                     print(f"interrupted after iteration {self.num_iterations}"
                           + (f"; checkpoint in {where} (resume with PPO.load)" if where else ""), flush=True)
                     return self
-        bar.close()
         if self.run:
             self.save_checkpoint()
             if self.history:
@@ -258,7 +260,10 @@ class PPO:
         """Sample one batch and run the PPO epochs on it; returns the logged scalars."""
         cfg = self.config
         start = time.perf_counter()
-        episodes = self.rollout()
+        try:
+            episodes = self.rollout()
+        except RewardError as error:  # e.g. a plugin's NaN: the weights are still the last iteration's
+            self._stop(str(error), saved="the state after the last good iteration is saved in", cause=error)
         rollout_time = time.perf_counter() - start
         batch, reward_stats = self.make_batch(episodes)
         prepare_time = time.perf_counter() - start - rollout_time
@@ -460,12 +465,16 @@ class PPO:
         return grad_norm
 
     def _stop_on_nonfinite(self, what: str) -> None:
+        self._stop(what, saved="the weights before this step are saved in")
+
+    def _stop(self, what: str, *, saved: str, cause: Exception | None = None) -> None:
+        """Raise TrainingError, first saving a ``last-good`` checkpoint when there is a run directory."""
         self.optimizer.zero_grad(set_to_none=True)
         where = ""
         if self.run:
             path = self.save_checkpoint(self.run.dir / "checkpoints" / "last-good")
-            where = f"; the weights before this step are saved in {path}"
-        raise TrainingError(f"training stopped at iteration {self.num_iterations + 1}: {what}{where}")
+            where = f"; {saved} {path}"
+        raise TrainingError(f"training stopped at iteration {self.num_iterations + 1}: {what}{where}") from cause
 
     # ------------------------------------------------------------ using the policy
 

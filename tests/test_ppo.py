@@ -301,6 +301,32 @@ def test_a_nonfinite_loss_stops_with_a_clear_error_and_a_loadable_checkpoint(tmp
     assert all(torch.isfinite(p).all() for p in restored.policy.lm.parameters())
 
 
+def test_a_nan_reward_stops_with_the_source_named_and_the_last_good_state_saved(tmp_path):
+    import textenv
+
+    broken = []
+
+    @textenv.reward(name="breaks_later")
+    def breaks_later(completions):
+        return [float("nan") if broken else 0.5 for _ in completions]
+
+    def break_after_two(agent, stats):
+        if agent.num_iterations == 2:
+            broken.append(True)
+
+    try:
+        agent = small_agent(make_env(reward="breaks_later"), run_dir=str(tmp_path), checkpoint_every=0)
+        with pytest.raises(TrainingError, match=r"iteration 3: reward source 'breaks_later' returned nan for "
+                                                r"completion #0.*last good iteration is saved in .*last-good"):
+            agent.learn(total_episodes=8 * 5, callback=break_after_two)
+    finally:
+        textenv.unregister_reward("breaks_later")
+    restored = PPO.load(tmp_path / "checkpoints" / "last-good", make_env())
+    assert restored.num_iterations == 2
+    for a, b in zip(agent.policy.parameters(), restored.policy.parameters()):
+        torch.testing.assert_close(a, b)
+
+
 def test_sigint_leaves_a_checkpoint_that_resumes(tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "textenv.cli", "train", "--model", "tiny-random", "--iterations", "200",

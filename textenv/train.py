@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def latest_checkpoint(path: str | Path) -> Path:
 
 def run_training(args: argparse.Namespace) -> int:
     """Run ``textenv train`` with parsed command-line arguments."""
-    from textenv.agents import PPO
+    from textenv.agents import PPO, TrainingError
 
     start = time.perf_counter()
     env = TextGenVectorEnv(
@@ -54,7 +55,11 @@ def run_training(args: argparse.Namespace) -> int:
     prompts = [env.task.prompts[i % len(env.task.prompts)] for i in range(args.eval_prompts)]
     before = agent.evaluate(prompts, seed=args.seed) if prompts else None
     total = args.iterations * agent.config.batch_size
-    agent.learn(total, reset_num_episodes=not args.resume)
+    try:
+        agent.learn(total, reset_num_episodes=not args.resume)
+    except TrainingError as error:  # its message says what went wrong and where the last good state is
+        print(f"textenv: error: {error}", file=sys.stderr)
+        return 2
     after = agent.evaluate(prompts, seed=args.seed) if prompts else None
 
     if before is not None:
