@@ -143,19 +143,24 @@ def with_expected_future_kl(agent: PPO) -> None:
 
 
 @torch.no_grad()
-def exact_kl(agent: PPO, input_ids: torch.Tensor, attention_mask: torch.Tensor, t: int) -> torch.Tensor:
-    """(B, T) KL(policy || reference) over the vocabulary at each completion position."""
-    out = []
+def policy_and_reference_logprobs(agent: PPO, input_ids: torch.Tensor, attention_mask: torch.Tensor, t: int):
+    """Yield each mini-batch's rows and the log-distributions (b, T, V) of the policy and the reference
+    at its completion positions."""
+    vocab = agent.task.vocab_size
     for rows in torch.arange(len(input_ids)).split(agent.config.mini_batch_size):
         i, a = without_left_padding(input_ids[rows], attention_mask[rows])
         with autocast(agent.device, agent.bf16):
             policy_logits, _ = agent.policy(i, a, t, values=False)  # (b, T, V')
             ref_logits = agent.reference(input_ids=i, attention_mask=a, logits_to_keep=t + 1, use_cache=False,
                                          position_ids=(a.cumsum(-1) - 1).clamp(min=0)).logits[:, :-1]
-        logp = F.log_softmax(policy_logits.float()[..., : agent.task.vocab_size], -1)  # (b, T, V)
-        logq = F.log_softmax(ref_logits.float()[..., : agent.task.vocab_size], -1)  # (b, T, V)
-        out.append((logp.exp() * (logp - logq)).sum(-1))
-    return torch.cat(out)
+        yield (rows, F.log_softmax(policy_logits.float()[..., :vocab], -1),  # (b, T, V)
+               F.log_softmax(ref_logits.float()[..., :vocab], -1))  # (b, T, V)
+
+
+def exact_kl(agent: PPO, input_ids: torch.Tensor, attention_mask: torch.Tensor, t: int) -> torch.Tensor:
+    """(B, T) KL(policy || reference) over the vocabulary at each completion position."""
+    return torch.cat([(logp.exp() * (logp - logq)).sum(-1)
+                      for _, logp, logq in policy_and_reference_logprobs(agent, input_ids, attention_mask, t)])
 
 
 def interpolate_towards_initial(agent: PPO, initial: dict, alphas: list[float], batches: int) -> None:
@@ -176,7 +181,6 @@ def interpolate_towards_initial(agent: PPO, initial: dict, alphas: list[float], 
 @torch.no_grad()
 def kl_anatomy(agent: PPO, batches: int) -> None:
     """Print the exact KL and both entropies per position, and the tokens carrying the most k1 KL."""
-    vocab = agent.task.vocab_size
     exact, k1, h_policy, h_reference = [], [], [], []
     by_token, count = collections.Counter(), collections.Counter()
     for _ in range(batches):
@@ -184,15 +188,7 @@ def kl_anatomy(agent: PPO, batches: int) -> None:
         tokens, mask = episodes.completion_ids, episodes.completion_mask.float()  # (B, T) each
         ids = torch.cat([episodes.prompt_ids, tokens], 1)  # (B, L)
         attention = torch.cat([episodes.prompt_mask, episodes.completion_mask], 1)  # (B, L)
-        t = tokens.shape[1]
-        for rows in torch.arange(len(tokens)).split(16):
-            i, a = without_left_padding(ids[rows], attention[rows])
-            with autocast(agent.device, agent.bf16):
-                policy_logits, _ = agent.policy(i, a, t, values=False)  # (b, T, V')
-                ref_logits = agent.reference(input_ids=i, attention_mask=a, logits_to_keep=t + 1, use_cache=False,
-                                             position_ids=(a.cumsum(-1) - 1).clamp(min=0)).logits[:, :-1]
-            logp = F.log_softmax(policy_logits.float()[..., :vocab], -1)  # (b, T, V)
-            logq = F.log_softmax(ref_logits.float()[..., :vocab], -1)  # (b, T, V)
+        for rows, logp, logq in policy_and_reference_logprobs(agent, ids, attention, tokens.shape[1]):
             m = mask[rows]  # (b, T)
             exact.append(((logp.exp() * (logp - logq)).sum(-1) * m).numpy())
             h_policy.append((-(logp.exp() * logp).sum(-1) * m).numpy())
