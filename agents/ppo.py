@@ -260,9 +260,11 @@ class PPO:
         """Sample one batch and run the PPO epochs on it; returns the logged scalars."""
         cfg = self.config
         start = time.perf_counter()
+        draws = self._rollout_draws()
         try:
             episodes = self.rollout()
         except RewardError as error:  # e.g. a plugin's NaN: the weights are still the last iteration's
+            self._restore_rollout_draws(draws)  # so that resuming samples this batch again
             self._stop(str(error), saved="the state after the last good iteration is saved in", cause=error)
         rollout_time = time.perf_counter() - start
         batch, reward_stats = self.make_batch(episodes)
@@ -304,6 +306,18 @@ class PPO:
                 self.policy.lm, self.env, sampling=self.sampling, generator=self.sample_generator,
                 prompts=self._draw_prompts(cfg.batch_size), value_head=value_head,
             )
+
+    def _rollout_draws(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, Any]]]:
+        """What a rollout advances: the RNG states and the reward terms' normalization statistics."""
+        return self._torch_rng_state(), self.prompt_rng.bit_generator.state, self.task.rewards.state_dict()
+
+    def _restore_rollout_draws(
+        self, draws: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, Any]]]
+    ) -> None:
+        rng, prompt_rng, reward_stats = draws
+        self._set_torch_rng_state(rng)
+        self.prompt_rng.bit_generator.state = prompt_rng
+        self.task.rewards.load_state_dict(reward_stats)
 
     def _draw_prompts(self, n: int) -> list[str]:
         cfg = self.config
@@ -560,6 +574,13 @@ class PPO:
             state["cuda"] = torch.cuda.get_rng_state()
         return state
 
+    def _set_torch_rng_state(self, state: dict[str, torch.Tensor]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.sample_generator.set_state(state["sampling"])
+        self.shuffle_generator.set_state(state["shuffle"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])
+
     def _prune_checkpoints(self, written: Path) -> None:
         if not self.run or written.parent != self.run.dir / "checkpoints":
             return
@@ -600,12 +621,7 @@ class PPO:
                 "textenv or for another advantage; load its weights as a model instead (model/ inside it)"
             )
         agent.optimizer.load_state_dict(optimizer_state)
-        rng = torch.load(path / "rng.pt", weights_only=True)
-        torch.set_rng_state(rng["torch"])
-        agent.sample_generator.set_state(rng["sampling"])
-        agent.shuffle_generator.set_state(rng["shuffle"])
-        if "cuda" in rng and torch.cuda.is_available():
-            torch.cuda.set_rng_state(rng["cuda"])
+        agent._set_torch_rng_state(torch.load(path / "rng.pt", weights_only=True))
         agent.kl_ctl.load_state_dict(state["kl_controller"])
         agent.score_stats.mean = np.float64(state["score_stats"]["mean"])
         agent.score_stats.var = np.float64(state["score_stats"]["var"])

@@ -302,29 +302,41 @@ def test_a_nonfinite_loss_stops_with_a_clear_error_and_a_loadable_checkpoint(tmp
 
 
 def test_a_nan_reward_stops_with_the_source_named_and_the_last_good_state_saved(tmp_path):
+    """The last-good checkpoint is the end of iteration 2, draws and statistics included: with the
+    source fixed, resuming from it gives the iteration 3 of a run that never broke."""
     import textenv
 
     broken = []
 
     @textenv.reward(name="breaks_later")
     def breaks_later(completions):
-        return [float("nan") if broken else 0.5 for _ in completions]
+        return [float("nan") if broken else 0.5 + 0.1 * len(c) for c in completions]
 
     def break_after_two(agent, stats):
         if agent.num_iterations == 2:
             broken.append(True)
 
+    reward = "length(target=4, normalize=true) + breaks_later"  # the first term's statistics move each batch
     try:
-        agent = small_agent(make_env(reward="breaks_later"), run_dir=str(tmp_path), checkpoint_every=0)
+        agent = small_agent(make_env(reward=reward), run_dir=str(tmp_path / "run"), checkpoint_every=0)
         with pytest.raises(TrainingError, match=r"iteration 3: reward source 'breaks_later' returned nan for "
                                                 r"completion #0.*last good iteration is saved in .*last-good"):
             agent.learn(total_episodes=8 * 5, callback=break_after_two)
+        restored = PPO.load(tmp_path / "run" / "checkpoints" / "last-good", make_env(reward=reward))
+        assert restored.num_iterations == 2
+        for a, b in zip(agent.policy.parameters(), restored.policy.parameters()):
+            torch.testing.assert_close(a, b)
+
+        broken.clear()  # the plugin fixed
+        got = restored.train_iteration()
+        unbroken = small_agent(make_env(reward=reward))
+        unbroken.learn(total_episodes=16)
+        expected = unbroken.train_iteration()
     finally:
         textenv.unregister_reward("breaks_later")
-    restored = PPO.load(tmp_path / "checkpoints" / "last-good", make_env())
-    assert restored.num_iterations == 2
-    for a, b in zip(agent.policy.parameters(), restored.policy.parameters()):
-        torch.testing.assert_close(a, b)
+    for key in ["charts/episodic_return", "reward/length", "objective/kl", "losses/policy_loss",
+                "losses/value_loss"]:  # (two agents' float sums differ in the last bits)
+        assert got[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-6), key
 
 
 def test_sigint_leaves_a_checkpoint_that_resumes(tmp_path):
