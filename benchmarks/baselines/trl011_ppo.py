@@ -20,72 +20,26 @@ One warm-up step, then ``--steps`` timed steps; prints ONE JSON line of medians.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import random
-import resource
-import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_DIR = (
-    Path(os.environ.get("TEXTENV_CACHE") or Path.home() / ".cache" / "textenv")
-    / "models"
-    / "smollm2-135m"
-)
-DEFAULT_PROMPTS = REPO / "textenv" / "data" / "movie_reviews.txt"
+from baseline_common import common_parser, cpu_seconds, log_step, print_summary, read_prompts
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--model-dir",
-        type=Path,
-        default=DEFAULT_MODEL_DIR,
-        help="converted SmolLM2-135M safetensors directory (default: %(default)s)",
-    )
-    p.add_argument(
-        "--prompts",
-        type=Path,
-        default=DEFAULT_PROMPTS,
-        help="one prompt per line (default: %(default)s)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="fp32",
-        help="fp32, or bf16 mixed precision through accelerate (autocast)",
-    )
-    p.add_argument("--steps", type=int, default=3, help="timed PPO steps after the warm-up")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps")
+def parse_args(argv=None):
+    p = common_parser(__doc__.split("\n")[0], precision="fp32", step="PPO step",
+                      precision_help="fp32, or bf16 mixed precision through accelerate (autocast)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per PPO step")
     p.add_argument("--mini-batch-size", type=int, default=8)
     p.add_argument("--ppo-epochs", type=int, default=4)
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument(
-        "--gen-batch-size",
-        type=int,
-        default=16,
-        help="sequences per generate() call (trl's own default is 4; 16 = whole batch)",
-    )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gen-batch-size", type=int, default=16,
+                   help="sequences per generate() call (trl's own default is 4; 16 = whole batch)")
     return p.parse_args(argv)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process (all threads)."""
-    t = os.times()
-    return t.user + t.system
 
 
 def load_policy(model_dir: Path):
@@ -167,7 +121,7 @@ def main(argv=None) -> None:
     mp = trainer.accelerator.mixed_precision
     assert mp == ("bf16" if args.precision == "bf16" else "no"), mp
 
-    prompts = [ln.strip() for ln in args.prompts.read_text().splitlines() if ln.strip()]
+    prompts = read_prompts(args.prompts)
     rng = random.Random(args.seed)
     analyzer = SentimentIntensityAnalyzer()
     gen_kwargs = {
@@ -207,62 +161,22 @@ def main(argv=None) -> None:
             "tokens_per_s": n_tokens / (t3 - t0),
             "reward_mean": float(np.mean([s.item() for s in scores])),
             "kl": float(stats["objective/kl"]),
-            # Contention indicators (the machine is shared): this process's CPU use over the
-            # step (about torch_threads when it has the cores to itself) and the 1-min load.
             "cpu_util": (cpu_seconds() - cpu0) / (t3 - t0),
             "loadavg_1m": max(load0, os.getloadavg()[0]),
         }
         tag = "warmup" if i < args.warmup else f"step {i - args.warmup + 1}/{args.steps}"
-        print(
-            f"[trl011 {args.precision}] {tag}: "
-            + ", ".join(
-                f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-            ),
-            file=sys.stderr,
-            flush=True,
-        )
+        log_step(f"trl011 {args.precision}", tag, row)
         if i >= args.warmup:
             rows.append(row)
 
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    result = {
-        "system": "trl-0.11.4-PPOTrainer",
-        "precision": args.precision,
-        "tokens_per_s": round(med["tokens_per_s"], 2),
-        "s_per_step": round(med["step_s"], 3),
-        # each phase's median over the timed steps (they need not add up to s_per_step)
-        "breakdown_s": {
-            k: round(med[k], 3)
-            for k in ("generate_s", "reward_s", "forward_s", "update_s", "step_other_s")
-        },
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "peak_rss_method": "resource.getrusage(RUSAGE_SELF).ru_maxrss, whole process",
-        "min_s_per_step": round(min(r["step_s"] for r in rows), 3),
-        "cpu_util_median": round(med["cpu_util"], 2),
-        "loadavg_1m_max": round(max(r["loadavg_1m"] for r in rows), 2),
-        "per_step": [
-            {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows
-        ],
-        "reward_mean_per_step": [round(r["reward_mean"], 4) for r in rows],
-        "reward_mean": round(statistics.fmean(r["reward_mean"] for r in rows), 4),
-        "timed_steps": len(rows),
-        "warmup_steps": args.warmup,
-        "workload": {
-            "prompts": args.batch_size,
-            "new_tokens": args.new_tokens,
-            "mini_batch_size": args.mini_batch_size,
-            "ppo_epochs": args.ppo_epochs,
-            "gen_batch_size": args.gen_batch_size,
-        },
-        "versions": {
-            "trl": trl.__version__,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "torch_threads": torch.get_num_threads(),
-    }
-    print(json.dumps(result), flush=True)
+    print_summary(
+        system="trl-0.11.4-PPOTrainer", precision=args.precision, rows=rows,
+        phases=("generate_s", "reward_s", "forward_s", "update_s", "step_other_s"), warmup=args.warmup,
+        workload={"prompts": args.batch_size, "new_tokens": args.new_tokens, "mini_batch_size": args.mini_batch_size,
+                  "ppo_epochs": args.ppo_epochs, "gen_batch_size": args.gen_batch_size},
+        versions={"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+        torch_threads=torch.get_num_threads(),
+    )
 
 
 if __name__ == "__main__":

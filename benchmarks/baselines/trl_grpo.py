@@ -22,73 +22,26 @@ timed steps; prints ONE JSON line of medians.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
-import platform
-import resource
 import statistics
 import sys
 import tempfile
 import time
 import warnings
 from collections import defaultdict
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODEL_DIR = (
-    Path(os.environ.get("TEXTENV_CACHE") or Path.home() / ".cache" / "textenv")
-    / "models"
-    / "smollm2-135m"
-)
-DEFAULT_PROMPTS = REPO / "textenv" / "data" / "movie_reviews.txt"
+from baseline_common import common_parser, cpu_seconds, log_step, print_summary, read_prompts
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "--model-dir",
-        type=Path,
-        default=DEFAULT_MODEL_DIR,
-        help="converted SmolLM2-135M safetensors directory (default: %(default)s)",
-    )
-    p.add_argument(
-        "--prompts",
-        type=Path,
-        default=DEFAULT_PROMPTS,
-        help="one prompt per line (default: %(default)s)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=("fp32", "bf16"),
-        default="bf16",
-        help="bf16 mixed precision (trl's default) or fp32",
-    )
-    p.add_argument("--steps", type=int, default=3, help="timed optimizer steps after the warm-up")
-    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up steps")
+def parse_args(argv=None):
+    p = common_parser(__doc__.split("\n")[0], precision="bf16", step="optimizer step",
+                      precision_help="bf16 mixed precision (trl's default) or fp32")
     p.add_argument("--prompts-per-step", type=int, default=4)
     p.add_argument("--generations", type=int, default=4, help="completions per prompt")
-    p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument(
-        "--gradient-checkpointing",
-        choices=("on", "off"),
-        default="on",
-        help="trl's GRPOConfig default is on",
-    )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gradient-checkpointing", choices=("on", "off"), default="on",
+                   help="trl's GRPOConfig default is on")
     return p.parse_args(argv)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def cpu_seconds() -> float:
-    """User + system CPU seconds of this process (all threads)."""
-    t = os.times()
-    return t.user + t.system
 
 
 def main(argv=None) -> None:
@@ -158,18 +111,11 @@ def main(argv=None) -> None:
             }
             i = state.global_step
             tag = "warmup" if i <= args.warmup else f"step {i - args.warmup}/{args.steps}"
-            print(
-                f"[trl116 grpo {args.precision}] {tag}: "
-                + ", ".join(
-                    f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
-                ),
-                file=sys.stderr,
-                flush=True,
-            )
+            log_step(f"trl116 grpo {args.precision}", tag, row)
             if i > args.warmup:
                 rows.append(row)
 
-    prompts = [ln.strip() for ln in args.prompts.read_text().splitlines() if ln.strip()]
+    prompts = read_prompts(args.prompts)
     dataset = Dataset.from_dict({"prompt": prompts})
     total_steps = args.warmup + args.steps
     with tempfile.TemporaryDirectory(prefix="trl-grpo-bench-") as out:
@@ -212,45 +158,14 @@ def main(argv=None) -> None:
         with contextlib.redirect_stdout(sys.stderr):
             trainer.train()
 
-    med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    result = {
-        "system": "trl-1.16-GRPOTrainer",
-        "precision": args.precision,
-        "tokens_per_s": round(med["tokens_per_s"], 2),
-        "s_per_step": round(med["step_s"], 3),
-        # each phase's median over the timed steps (they need not add up to s_per_step)
-        "breakdown_s": {
-            k: round(med[k], 3) for k in ("generate_s", "reward_s", "prepare_other_s", "update_s")
-        },
-        "peak_rss_mb": round(peak_rss_mb(), 1),
-        "peak_rss_method": "resource.getrusage(RUSAGE_SELF).ru_maxrss, whole process",
-        "min_s_per_step": round(min(r["step_s"] for r in rows), 3),
-        "cpu_util_median": round(med["cpu_util"], 2),
-        "loadavg_1m_max": round(max(r["loadavg_1m"] for r in rows), 2),
-        "per_step": [
-            {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()} for r in rows
-        ],
-        "reward_mean_per_step": [round(r["reward_mean"], 4) for r in rows],
-        "reward_mean": round(statistics.fmean(r["reward_mean"] for r in rows), 4),
-        "timed_steps": len(rows),
-        "warmup_steps": args.warmup,
-        "workload": {
-            "prompts": args.prompts_per_step,
-            "generations": args.generations,
-            "new_tokens": args.new_tokens,
-            "num_iterations": 1,
-            "beta": 0.0,
-            "gradient_checkpointing": args.gradient_checkpointing == "on",
-        },
-        "versions": {
-            "trl": trl.__version__,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-        },
-        "torch_threads": torch.get_num_threads(),
-    }
-    print(json.dumps(result), flush=True)
+    print_summary(
+        system="trl-1.16-GRPOTrainer", precision=args.precision, rows=rows,
+        phases=("generate_s", "reward_s", "prepare_other_s", "update_s"), warmup=args.warmup,
+        workload={"prompts": args.prompts_per_step, "generations": args.generations, "new_tokens": args.new_tokens,
+                  "num_iterations": 1, "beta": 0.0, "gradient_checkpointing": args.gradient_checkpointing == "on"},
+        versions={"trl": trl.__version__, "transformers": transformers.__version__, "torch": torch.__version__},
+        torch_threads=torch.get_num_threads(),
+    )
 
 
 if __name__ == "__main__":
