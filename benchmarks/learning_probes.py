@@ -14,6 +14,11 @@ patch the agent from outside, for this script only:
   positions, in place of their sampled k1 values; the token's own penalty stays k1, so
   the pull on its own choice stays. The same expectation, with less noise (costs a
   second policy forward per iteration).
+- ``--kl-to-go``: the KL part of each advantage without the critic. The critic learns the
+  reward alone, and GAE (lambda 0.8) gives the reward's part of the advantage; the KL's
+  part is minus beta times the KL still to come: the token's own k1 plus the exact KLs
+  at the positions after it, less that sum's batch mean at the same position. So the KL
+  pull on each token has no lambda bias, and (exact KLs) little noise.
 - ``--interpolate A [A ...]``: after training, the final policy moved back towards its
   initial weights (WARP's interpolation towards the initialization), theta_0 + a (theta - theta_0),
   each a measured on the same samples' random numbers.
@@ -58,6 +63,7 @@ def main() -> None:
     parser.add_argument("--clip-high", type=float, default=None)
     parser.add_argument("--warmup-episodes", type=int, default=0)
     parser.add_argument("--expected-future-kl", action="store_true")
+    parser.add_argument("--kl-to-go", action="store_true")
     parser.add_argument("--interpolate", type=float, nargs="*", default=[])
     parser.add_argument("--anatomy", action="store_true")
     parser.add_argument("--eval-batches", type=int, default=4)
@@ -78,6 +84,8 @@ def main() -> None:
         with_warmup(agent, args.warmup_episodes)
     if args.expected_future_kl:
         with_expected_future_kl(agent)
+    if args.kl_to_go:
+        with_kl_to_go(agent)
     initial = {k: v.detach().clone() for k, v in agent.policy.lm.state_dict().items()}
 
     start = time.perf_counter()
@@ -140,6 +148,30 @@ def with_expected_future_kl(agent: PPO) -> None:
         return batch, stats
 
     agent.make_batch = make_batch_with_expected_future_kl
+
+
+def with_kl_to_go(agent: PPO) -> None:
+    """Advantages: the reward's GAE with a reward-only critic, less beta times the KL still to come."""
+    make_batch = agent.make_batch
+    cfg = agent.config
+
+    def make_batch_with_kl_to_go(episodes):
+        batch, stats = make_batch(episodes)
+        beta, mask = stats["objective/kl_coef"], batch.mask  # (B, T)
+        exact = exact_kl(agent, batch.input_ids, batch.attention_mask, batch.tokens.shape[1]) * mask  # (B, T)
+        sampled = (batch.logprobs - batch.ref_logprobs) * mask  # (B, T) k1
+        rewards = episodes.token_rewards * mask  # (B, T)
+        last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,)
+        rewards[torch.arange(len(rewards)), last] += torch.as_tensor(episodes.scores, dtype=torch.float32)
+        advantages, returns = compute_gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)  # (B, T) each
+        later = exact.flip(1).cumsum(1).flip(1) - exact  # (B, T) the exact KLs after each position
+        to_go = (sampled + later) * mask  # (B, T)
+        baseline = to_go.sum(0) / mask.sum(0).clamp(min=1)  # (T,) its mean at each position
+        advantages = advantages - beta * (to_go - baseline) * mask
+        batch.advantages, batch.returns = masked_whiten(advantages, mask), returns
+        return batch, stats
+
+    agent.make_batch = make_batch_with_kl_to_go
 
 
 @torch.no_grad()
