@@ -82,10 +82,11 @@ def main() -> None:
         ppo_module.policy_loss = asymmetric_clip(ppo_module.policy_loss, args.clip_high)
     if args.warmup_episodes:
         with_warmup(agent, args.warmup_episodes)
+    cfg = agent.config
     if args.expected_future_kl:
-        with_expected_future_kl(agent)
+        recompute_advantages(agent, expected_future_kl(cfg.gamma, cfg.lam))
     if args.kl_to_go:
-        with_kl_to_go(agent)
+        recompute_advantages(agent, kl_to_go(cfg.gamma, cfg.lam))
     initial = {k: v.detach().clone() for k, v in agent.policy.lm.state_dict().items()}
 
     start = time.perf_counter()
@@ -129,49 +130,55 @@ def with_warmup(agent: PPO, episodes: int) -> None:
     agent._anneal_learning_rates = anneal_with_warmup
 
 
-def with_expected_future_kl(agent: PPO) -> None:
-    """Recompute each batch's advantages with later tokens' KL penalties replaced by their exact KLs."""
-    make_batch = agent.make_batch
-    cfg = agent.config
+def rewards_without_kl(episodes, mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) the sources' per-token rewards, with each episode's score added at its last token
+    (as ``make_batch`` builds them when reward normalization and clipping are off, as here)."""
+    rewards = episodes.token_rewards * mask  # (B, T)
+    last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,)
+    rewards[torch.arange(len(rewards), device=mask.device), last] += torch.as_tensor(
+        episodes.scores, dtype=torch.float32, device=mask.device)
+    return rewards
 
-    def make_batch_with_expected_future_kl(episodes):
+
+def recompute_advantages(agent: PPO, advantages_of) -> None:
+    """Replace each batch's advantages and critic targets by
+    ``advantages_of(rewards, values, mask, beta, exact, sampled)``: the rewards without the KL,
+    the rollout's values, the mask, the KL weight, and the exact and sampled (k1) KLs, each
+    (B, T)."""
+    make_batch = agent.make_batch
+
+    def make_batch_again(episodes):
         batch, stats = make_batch(episodes)
         beta, mask = stats["objective/kl_coef"], batch.mask  # (B, T)
         exact = exact_kl(agent, batch.input_ids, batch.attention_mask, batch.tokens.shape[1]) * mask  # (B, T)
         sampled = (batch.logprobs - batch.ref_logprobs) * mask  # (B, T) k1
-        rewards = episodes.token_rewards * mask - beta * exact  # (B, T)
-        last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,)
-        rewards[torch.arange(len(rewards)), last] += torch.as_tensor(episodes.scores, dtype=torch.float32)
-        advantages, returns = compute_gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)  # (B, T) each
-        advantages = advantages - beta * (sampled - exact)  # the token's own penalty back to k1
+        advantages, returns = advantages_of(rewards_without_kl(episodes, mask), batch.values, mask, beta, exact,
+                                            sampled)  # (B, T) each
         batch.advantages, batch.returns = masked_whiten(advantages, mask), returns
         return batch, stats
 
-    agent.make_batch = make_batch_with_expected_future_kl
+    agent.make_batch = make_batch_again
 
 
-def with_kl_to_go(agent: PPO) -> None:
-    """Advantages: the reward's GAE with a reward-only critic, less beta times the KL still to come."""
-    make_batch = agent.make_batch
-    cfg = agent.config
+def expected_future_kl(gamma: float, lam: float):
+    """GAE with the later tokens' KL penalties as their exact KLs, the token's own as k1."""
+    def advantages_of(rewards, values, mask, beta, exact, sampled):
+        advantages, returns = compute_gae(rewards - beta * exact, values, mask, gamma, lam)  # (B, T) each
+        return advantages - beta * (sampled - exact), returns  # the token's own penalty back to k1
 
-    def make_batch_with_kl_to_go(episodes):
-        batch, stats = make_batch(episodes)
-        beta, mask = stats["objective/kl_coef"], batch.mask  # (B, T)
-        exact = exact_kl(agent, batch.input_ids, batch.attention_mask, batch.tokens.shape[1]) * mask  # (B, T)
-        sampled = (batch.logprobs - batch.ref_logprobs) * mask  # (B, T) k1
-        rewards = episodes.token_rewards * mask  # (B, T)
-        last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,)
-        rewards[torch.arange(len(rewards)), last] += torch.as_tensor(episodes.scores, dtype=torch.float32)
-        advantages, returns = compute_gae(rewards, batch.values, mask, cfg.gamma, cfg.lam)  # (B, T) each
+    return advantages_of
+
+
+def kl_to_go(gamma: float, lam: float):
+    """The reward's GAE with a reward-only critic, less beta times the KL still to come."""
+    def advantages_of(rewards, values, mask, beta, exact, sampled):
+        advantages, returns = compute_gae(rewards, values, mask, gamma, lam)  # (B, T) each
         later = exact.flip(1).cumsum(1).flip(1) - exact  # (B, T) the exact KLs after each position
         to_go = (sampled + later) * mask  # (B, T)
         baseline = to_go.sum(0) / mask.sum(0).clamp(min=1)  # (T,) its mean at each position
-        advantages = advantages - beta * (to_go - baseline) * mask
-        batch.advantages, batch.returns = masked_whiten(advantages, mask), returns
-        return batch, stats
+        return advantages - beta * (to_go - baseline) * mask, returns
 
-    agent.make_batch = make_batch_with_kl_to_go
+    return advantages_of
 
 
 @torch.no_grad()
