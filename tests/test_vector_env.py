@@ -129,3 +129,21 @@ def test_sampling_follows_the_distribution_and_never_draws_a_filtered_token():
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)
     assert (draws != 1).all()
+
+
+def test_the_temperature_divides_the_logits_once_and_the_logprobs_follow_the_draws():
+    """At temperature 0.5 the draws follow softmax(2 * logits), and each token's log-prob is taken
+    from that same distribution (top-k filters the draw, not the log-prob)."""
+    from textenv.generation import next_tokens
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    logits = probs.log().expand(40_000, 4)  # (N, V)
+    tempered = probs**2 / (probs**2).sum()  # softmax(log p / 0.5)
+    for sampling, law in [
+        (SamplingConfig(temperature=0.5), tempered),
+        (SamplingConfig(temperature=0.5, top_k=2), torch.tensor([0, 0, 0.09, 0.16]) / 0.25),
+    ]:
+        draws, logprobs = next_tokens(logits, sampling, sampling.warpers(), torch.Generator().manual_seed(0))
+        freq = torch.bincount(draws, minlength=4).float() / len(draws)
+        torch.testing.assert_close(freq, law, atol=0.01, rtol=0)
+        torch.testing.assert_close(logprobs, tempered.log()[draws])

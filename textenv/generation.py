@@ -10,12 +10,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 from tqdm.auto import tqdm
-from transformers import (
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
+from transformers import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
 
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 
@@ -32,10 +27,13 @@ class SamplingConfig:
     """Keep the smallest set of tokens whose probability reaches p (1.0: all)."""
 
     def warpers(self) -> LogitsProcessorList:
-        """transformers' logits warpers for these settings."""
+        """transformers' top-k and top-p filters for these settings.
+
+        The temperature is not among them: :func:`next_tokens` divides the logits by it
+        first, since the log-probs it returns are those of the temperature-scaled
+        distribution.
+        """
         warpers = LogitsProcessorList()
-        if self.temperature not in (0.0, 1.0):
-            warpers.append(TemperatureLogitsWarper(self.temperature))
         if self.top_k > 0:
             warpers.append(TopKLogitsWarper(self.top_k))
         if self.top_p < 1.0:
@@ -122,7 +120,6 @@ def generate_episodes(
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (N, P)
     inputs, cache = prompt_ids, None
     warpers = sampling.warpers()
-    temperature = sampling.temperature or 1.0
     logprobs = torch.zeros(n, limit, device=env.device)  # (N, T)
     values = torch.zeros(n, limit, device=env.device) if value_head is not None else None
     done = torch.zeros(n, dtype=torch.bool, device=env.device)
@@ -134,9 +131,8 @@ def generate_episodes(
             use_cache=True, output_hidden_states=value_head is not None,
         )
         cache = out.cache
-        logits = out.logits[:, -1, : env.task.vocab_size].float() / temperature  # (N, V)
-        actions = sample_tokens(warpers(None, logits), sampling, generator)  # (N,)
-        logprobs[:, t] = torch.log_softmax(logits, -1).gather(1, actions[:, None]).squeeze(1) * ~done
+        actions, step_logprobs = next_tokens(out.logits[:, -1, : env.task.vocab_size], sampling, warpers, generator)
+        logprobs[:, t] = step_logprobs * ~done  # (N,)
         if value_head is not None:
             values[:, t] = value_head(out.hidden_states[-1][:, -1]).float() * ~done  # (N,)
         _, reward, terminated, truncated, info = env.step(actions)
@@ -157,6 +153,26 @@ def generate_episodes(
         completion_ids=ids, completion_mask=mask, logprobs=logprobs,
         token_rewards=ended.token_rewards.to(env.device), values=values,
     )
+
+
+def next_tokens(
+    logits: torch.Tensor, sampling: SamplingConfig, warpers: LogitsProcessorList, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw the next token of each row from the model's (N, V) logits.
+
+    Args:
+        logits: (N, V) the model's logits for the next token.
+        sampling: temperature, top-k and top-p.
+        warpers: ``sampling.warpers()`` (made once per rollout).
+        generator: the random numbers of the draw.
+
+    Returns:
+        (N,) the tokens, and (N,) their log-probs under the temperature-scaled distribution
+        before top-k and top-p, as the PPO update recomputes them.
+    """
+    scaled = logits.float() / (sampling.temperature or 1.0)  # (N, V)
+    actions = sample_tokens(warpers(None, scaled), sampling, generator)  # (N,)
+    return actions, torch.log_softmax(scaled, -1).gather(1, actions[:, None]).squeeze(1)
 
 
 def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
