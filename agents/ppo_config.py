@@ -144,6 +144,13 @@ class PPOConfig:
             )
         if self.lr_decay_episodes is not None and self.lr_decay_episodes <= 0:
             raise ValueError(f"lr_decay_episodes must be positive (or None), got {self.lr_decay_episodes}")
+        if not self.temperature > 0:
+            raise ValueError(
+                f"temperature must be positive, got {self.temperature}: rollouts must sample (0 would be greedy); "
+                "evaluate(prompts, temperature=0) decodes greedily"
+            )
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got top_k={self.top_k}, top_p={self.top_p}")
         if self.advantage not in ("gae", "rloo", "grpo"):
             raise ValueError(f"advantage must be gae, rloo or grpo, got {self.advantage!r}")
 

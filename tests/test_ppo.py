@@ -46,6 +46,10 @@ def test_config_checks_sizes_and_names():
     with pytest.raises(ValueError, match="'full' needs kl_in_loss.*does not depend on the token"):
         PPOConfig(kl_estimator="full")
     assert PPOConfig(kl_in_loss=True).kl_estimator_used == "k3" and PPOConfig().kl_estimator_used == "k1"
+    with pytest.raises(ValueError, match="temperature must be positive.*evaluate.*greedily"):
+        PPOConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="0 < top_p <= 1"):
+        PPOConfig(top_p=0.0)
 
 
 def test_rollout_logprobs_and_values_equal_a_step_by_step_recomputation():
