@@ -147,3 +147,38 @@ def test_the_temperature_divides_the_logits_once_and_the_logprobs_follow_the_dra
         freq = torch.bincount(draws, minlength=4).float() / len(draws)
         torch.testing.assert_close(freq, law, atol=0.01, rtol=0)
         torch.testing.assert_close(logprobs, tempered.log()[draws])
+
+
+def test_dense_sentiment_sums_to_the_sentiment_of_an_episode_that_ends_at_eos(byte_tokenizer):
+    """EOS decodes to no text: its piece adds nothing, where "good</s>" used to cancel the last word."""
+    vec = TextGenVectorEnv(1, tokenizer=byte_tokenizer, model=None, prompts=["the movie was"], max_new_tokens=8,
+                           reward="sentiment + sentiment_dense")
+    vec.reset(seed=0)
+    for char in " good":
+        vec.step(torch.tensor([byte_tokenizer.convert_tokens_to_ids(char)]))
+    _, _, terminated, _, info = vec.step(torch.tensor([byte_tokenizer.eos_token_id]))
+    assert bool(terminated[0]) and info["completion"][0] == " good"
+    terms = info["reward_terms"]
+    assert terms["sentiment"][0] > 0.4 and terms["sentiment_dense"][0] == pytest.approx(terms["sentiment"][0])
+    assert info["token_rewards"][0][-1] == 0.0  # the EOS token's own reward
+
+
+def test_an_action_outside_the_vocabulary_is_refused_and_changes_nothing(tiny_options):
+    vec, fresh = TextGenVectorEnv(2, **tiny_options), TextGenVectorEnv(2, **tiny_options)
+    vec.reset(seed=0)
+    fresh.reset(seed=0)
+    with pytest.raises(ValueError, match="action 999 of env 1 is outside the vocabulary"):
+        vec.step(torch.tensor([100, 999]))
+    obs, *_ = vec.step(torch.tensor([100, 101]))
+    expected, *_ = fresh.step(torch.tensor([100, 101]))
+    for key in ("input_ids", "attention_mask"):
+        torch.testing.assert_close(obs[key], expected[key])
+
+
+def test_same_step_human_rendering_shows_each_finished_episode_with_its_own_prompt(tiny_options, capsys):
+    options = {**tiny_options, "prompts": ["hello", "the movie was", "abc", "zzz top"]}
+    vec = TextGenVectorEnv(3, autoreset_mode="SameStep", render_mode="human", **options)
+    _, reset_info = vec.reset(seed=5)
+    vec.step(torch.tensor([1, 1, 1]))  # EOS everywhere: every episode ends and restarts at once
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\u27e6")[0] for line in lines] == [f"[env {i}] {p}" for i, p in enumerate(reset_info["prompt"])]

@@ -180,23 +180,23 @@ class TextGenVectorEnv(VectorEnv):
         stale = self._finished  # rows whose episode ended at an earlier step
         active = ~stale
         bad_action = active & ((actions < 0) | (actions >= self.task.vocab_size))
+        terminated = active & torch.isin(actions, self._eos)
+        truncated = active & ~terminated & (self._pos + 1 >= limit)
+        ended = terminated | truncated
+        any_bad, any_ended = torch.stack([bad_action.any(), ended.any()]).tolist()  # one sync
+        if any_bad:  # before anything changes, so the env stays as it was
+            row = int(bad_action.nonzero()[0])
+            raise ValueError(
+                f"action {int(actions[row])} of env {row} is outside the vocabulary [0, {self.task.vocab_size})"
+            )
         # Write each active row's token at its position; finished rows keep theirs.
         at = (width + self._pos.clamp(max=limit - 1)).unsqueeze(1)  # (N, 1)
         self._ids.scatter_(1, at, torch.where(active, actions, self._ids.gather(1, at).squeeze(1)).unsqueeze(1))
         self._mask.scatter_(1, at, (active | self._mask.gather(1, at).squeeze(1).bool()).long().unsqueeze(1))
         self._pos += active.long()
-        terminated = active & torch.isin(actions, self._eos)
-        truncated = active & ~terminated & (self._pos >= limit)
-        ended = terminated | truncated
         self._finished = stale | ended
         rewards = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
 
-        any_bad, any_ended = torch.stack([bad_action.any(), ended.any()]).tolist()  # one sync
-        if any_bad:
-            row = int(bad_action.nonzero()[0])
-            raise ValueError(
-                f"action {int(actions[row])} of env {row} is outside the vocabulary [0, {self.task.vocab_size})"
-            )
         info: dict[str, Any] = {}
         if any_ended:
             rows = ended.nonzero().squeeze(1).cpu().numpy()
@@ -216,7 +216,7 @@ class TextGenVectorEnv(VectorEnv):
         if self.render_mode == "human" and any_ended:
             for i, text in zip(rows, info["completion"][rows]):
                 terms = ", ".join(f"{k}={v[i]:+.3f}" for k, v in info["reward_terms"].items() if not k.startswith("_"))
-                print(f"[env {i}] {self.row_prompts[i]}\u27e6{text}\u27e7  reward {float(rewards[i]):+.3f} ({terms})")
+                print(f"[env {i}] {info['prompt'][i]}\u27e6{text}\u27e7  reward {float(rewards[i]):+.3f} ({terms})")
         return obs, rewards, terminated, truncated, info
 
     def _score(self, rows: np.ndarray, terminated: torch.Tensor) -> tuple[dict[str, Any], np.ndarray]:
@@ -229,7 +229,9 @@ class TextGenVectorEnv(VectorEnv):
         prompts = [self.row_prompts[i] for i in rows]
         tokens = None
         if self.task.rewards.wants_tokens:  # per-token text, for sources that show or judge tokens
-            pieces = iter(self.task.tokenizer.batch_decode([[i] for ids in completion_ids for i in ids]))
+            # Special tokens (EOS) decode to "", so the pieces join to the completion's text.
+            flat = [[i] for ids in completion_ids for i in ids]
+            pieces = iter(self.task.tokenizer.batch_decode(flat, skip_special_tokens=True))
             tokens = [[next(pieces) for _ in ids] for ids in completion_ids]
         batch = self.task.rewards(prompts, completions, completion_ids, terminated[index].tolist(), tokens)
         values = {
