@@ -39,7 +39,8 @@ class ActorCritic(nn.Module):
 
     def value_of_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Values (...,) in float32 of last-layer hidden states (..., H), whatever the autocast."""
-        return self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1).float()
+        with torch.autocast(hidden.device.type, enabled=False):  # else bf16 autocast recasts the Linear
+            return self.value_head(hidden.float()).squeeze(-1)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, num_completion: int, *, values: bool = True

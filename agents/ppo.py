@@ -128,9 +128,13 @@ class PPO:
             **options: :class:`PPOConfig` fields.
         """
         self.config = PPOConfig.from_options(options)
-        self._setup(env, model, reference=None)
+        self._setup(env, model, reference=None, reference_is_env_model=model is None)
 
-    def _setup(self, env: Any, model: torch.nn.Module | None, reference: torch.nn.Module | None) -> None:
+    def _setup(
+        self, env: Any, model: torch.nn.Module | None, reference: torch.nn.Module | None, reference_is_env_model: bool
+    ) -> None:
+        """Build everything but the run's state. ``reference_is_env_model``: the reference is the env's
+        ``model`` as loaded, so checkpoints need not hold a copy of it."""
         cfg = self.config
         self.task = _task_of(env)
         self.device = resolve_device(cfg.device)
@@ -143,14 +147,13 @@ class PPO:
                 raise ValueError("the env was built from a tokenizer only: give PPO a model=")
             model = load_causal_lm(self.task.model_name, device=self.device, dtype=torch.float32)
         model = model.to(self.device).float()
-        if self.device.type == "cpu" and hasattr(model, "set_attn_implementation"):
-            # Short sequences with padding: eager attention beats SDPA on the CPU (~20 % per
-            # forward+backward of SmolLM2 at 8x44 tokens, benchmarks/ppo_throughput.py).
-            model.set_attn_implementation("eager")
+        self._prefer_eager_attention(model)
+        self.reference_is_env_model = reference_is_env_model
         if not cfg.uses_reference:
             self.reference = None
         else:
             self.reference = reference.to(self.device) if reference is not None else frozen_copy(model)
+            self._prefer_eager_attention(self.reference)
             if self.bf16:  # it only runs under bf16 autocast: same logits, no per-forward casts, less memory
                 store_linear_weights_in_bf16(self.reference)
         self.policy = ActorCritic(
@@ -176,6 +179,12 @@ class PPO:
         self.num_episodes = 0
         self.history: list[dict[str, float]] = []
         self.run = RunLog(cfg.run_dir) if cfg.run_dir else None
+
+    def _prefer_eager_attention(self, model: torch.nn.Module) -> None:
+        if self.device.type == "cpu" and hasattr(model, "set_attn_implementation"):
+            # Short sequences with padding: eager attention beats SDPA on the CPU (~20 % per
+            # forward+backward of SmolLM2 at 8x44 tokens, benchmarks/ppo_throughput.py).
+            model.set_attn_implementation("eager")
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """The policy's trainable parameters; the critic's in a group of its own with ``value_learning_rate``."""
@@ -396,7 +405,8 @@ class PPO:
     def update(self, batch: Batch) -> dict[str, float]:
         """``ppo_epochs`` passes of clipped PPO over shuffled mini-batches of ``batch``."""
         cfg = self.config
-        self.policy.train()
+        # Dropout stays off, as in the rollout: before the first step the ratio must be exactly 1.
+        self.policy.eval()
         totals: dict[str, list[float]] = {}
         skipped = 0
         for epoch in range(cfg.ppo_epochs):
@@ -404,8 +414,9 @@ class PPO:
             order = torch.randperm(len(batch.tokens), generator=self.shuffle_generator).to(self.device)
             for mini in order.split(cfg.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
+                tokens = batch.mask[mini].sum()  # each micro-batch's token mean weighs by its share of these
                 micro_stats = [
-                    self._backward(batch.rows(micro), with_entropy=epoch == 0)
+                    self._backward(batch.rows(micro), batch.mask[micro].sum() / tokens, with_entropy=epoch == 0)
                     for micro in mini.split(cfg.micro_batch_size)
                 ]
                 ratio_mean = float(np.mean([s["ratio_mean"] for s in micro_stats]))
@@ -425,8 +436,12 @@ class PPO:
         stats["losses/epochs"] = float(epoch + 1)
         return stats
 
-    def _backward(self, mb: Batch, with_entropy: bool = True) -> dict[str, float]:
+    def _backward(self, mb: Batch, weight: torch.Tensor | float = 1.0, with_entropy: bool = True) -> dict[str, float]:
         """Forward and backward one micro-batch; returns its detached statistics.
+
+        The loss is a mean over the micro-batch's tokens; ``weight`` (its share of the
+        mini-batch's tokens) makes the accumulated gradient that of the whole mini-batch's
+        token mean, however the episodes' lengths fall into micro-batches.
 
         Without an entropy bonus (``ent_coef`` 0) the entropy is only logged: the first
         epoch's, of the rollout policy, is enough, and skipping it later saves a pass over (b, T, V).
@@ -449,7 +464,9 @@ class PPO:
             if mb.ref_logp_full is not None:
                 per_token = full_kl(logits, mb.ref_logp_full)  # (b, T)
             else:
-                per_token = kl_penalty(logprobs, mb.ref_logprobs, cfg.kl_estimator_used)  # (b, T)
+                # past the end, the policy's log-prob against a stored 0 could overflow k3 (a NaN gradient)
+                inside = torch.where(mb.mask.bool(), logprobs, mb.ref_logprobs)  # (b, T)
+                per_token = kl_penalty(inside, mb.ref_logprobs, cfg.kl_estimator_used)  # (b, T)
             kl = masked_mean(per_token, mb.mask)  # ()
             loss = loss + self.kl_ctl.value * kl
             stats["kl_loss"] = kl.item()
@@ -465,7 +482,7 @@ class PPO:
                 stats["entropy"] = mean_entropy.item()
         if not torch.isfinite(loss):
             self._stop_on_nonfinite(f"the loss is {loss.item()} (policy loss {stats['policy_loss']})")
-        (loss / cfg.gradient_accumulation_steps).backward()
+        (loss * weight).backward()
         return stats
 
     def _step(self) -> float:
@@ -503,8 +520,12 @@ class PPO:
         env = TextGenVectorEnv(len(prompts), task=self.task, device=self.device, autoreset_mode="Disabled")
         sampling = self.sampling if temperature is None else dataclasses.replace(self.sampling, temperature=temperature)
         self.policy.eval()
-        with torch.no_grad(), autocast(self.device, self.bf16):
-            return generate_episodes(self.policy.lm, env, sampling=sampling, seed=seed, prompts=list(prompts))
+        reward_stats = self.task.rewards.state_dict()  # normalized terms must not learn from an evaluation
+        try:
+            with torch.no_grad(), autocast(self.device, self.bf16):
+                return generate_episodes(self.policy.lm, env, sampling=sampling, seed=seed, prompts=list(prompts))
+        finally:
+            self.task.rewards.load_state_dict(reward_stats)
 
     def generate(self, prompts: list[str], *, temperature: float | None = None, seed: int = 0) -> list[str]:
         """The policy's completions of ``prompts``."""
@@ -531,10 +552,15 @@ class PPO:
         self.policy.lm.save_pretrained(tmp / "model")
         if hasattr(self.task.tokenizer, "save_pretrained"):
             self.task.tokenizer.save_pretrained(tmp / "model")
-        heads = {k: v.detach().contiguous() for k, v in self.policy.state_dict().items() if not k.startswith("lm.")}
+        heads, stored = {}, set()
+        for key, tensor in self.policy.state_dict().items():
+            if key.startswith("lm.") or tensor.data_ptr() in stored:  # a tied weight comes back through its tie
+                continue
+            stored.add(tensor.data_ptr())
+            heads[key] = tensor.detach().contiguous()
         if heads:
             save_file(heads, tmp / "value.safetensors")
-        if self.task.model_name is None and self.reference is not None:
+        if self.reference is not None and not self.reference_is_env_model:  # e.g. PPO(env, model=sft_model)
             self.reference.save_pretrained(tmp / "reference")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(self._torch_rng_state(), tmp / "rng.pt")
@@ -603,13 +629,14 @@ class PPO:
         agent.config = PPOConfig.from_options({**state["config"], **overrides})
         device = resolve_device(agent.config.device)
         model = load_causal_lm(str(path / "model"), device=device, dtype=torch.float32)
+        saved_reference = (path / "reference").exists()
         if not agent.config.uses_reference:
             reference = None
-        elif (path / "reference").exists():
+        elif saved_reference:
             reference = frozen_copy(load_causal_lm(str(path / "reference"), device=device, dtype=torch.float32))
         else:
             reference = frozen_copy(load_causal_lm(state["model_name"], device=device, dtype=torch.float32))
-        agent._setup(env, model, reference)
+        agent._setup(env, model, reference, reference_is_env_model=not saved_reference)
         if (path / "value.safetensors").exists():
             agent.policy.load_state_dict(load_file(path / "value.safetensors", device=str(device)), strict=False)
         optimizer_state = torch.load(path / "optimizer.pt", weights_only=True, map_location=device)
@@ -621,6 +648,8 @@ class PPO:
                 "textenv or for another advantage; load its weights as a model instead (model/ inside it)"
             )
         agent.optimizer.load_state_dict(optimizer_state)
+        for group, lr in zip(agent.optimizer.param_groups, agent.initial_learning_rates):  # the config's, overrides
+            group["lr"], group["eps"] = lr, agent.config.adam_eps  # included (annealing rescales from these)
         agent._set_torch_rng_state(torch.load(path / "rng.pt", weights_only=True))
         agent.kl_ctl.load_state_dict(state["kl_controller"])
         agent.score_stats.mean = np.float64(state["score_stats"]["mean"])

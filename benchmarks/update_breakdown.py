@@ -113,9 +113,9 @@ def main() -> None:
     inside: list[float] = []
     backward = agent._backward
 
-    def timed_backward(micro_batch, **kwargs):
+    def timed_backward(micro_batch, *args, **kwargs):
         start = time.perf_counter()
-        stats = backward(micro_batch, **kwargs)
+        stats = backward(micro_batch, *args, **kwargs)
         inside.append(time.perf_counter() - start)
         return stats
 

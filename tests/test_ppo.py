@@ -368,3 +368,100 @@ def test_sigint_leaves_a_checkpoint_that_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming from {checkpoint}" in resumed.stdout
     assert (run / "checkpoints" / f"iter_{done + 2:06d}" / "trainer_state.json").exists()
+
+
+def test_evaluate_leaves_the_reward_statistics_alone():
+    """A normalized term's running statistics learn from training batches only, so evaluating twice
+    gives the same rewards and changes nothing a checkpoint holds."""
+    agent = small_agent(make_env(reward="length(target=4, normalize=true)"))
+    before = agent.task.rewards.state_dict()
+    first, second = agent.evaluate(PROMPTS), agent.evaluate(PROMPTS)
+    np.testing.assert_array_equal(first.rewards, second.rewards)
+    assert agent.task.rewards.state_dict() == before
+
+
+def test_a_model_given_to_ppo_stays_the_reference_after_resuming(tmp_path):
+    from textenv.models import load_causal_lm
+
+    tuned = load_causal_lm("tiny-random", dtype=torch.float32)
+    with torch.no_grad():
+        for p in tuned.parameters():  # as an SFT model differs from the env's base model
+            p.add_(0.05 * torch.randn_like(p))
+    agent = small_agent(make_env(), model=tuned)
+    path = agent.save(tmp_path / "ckpt")
+    restored = PPO.load(path, make_env())
+    for a, b in zip(agent.reference.parameters(), restored.reference.parameters()):
+        torch.testing.assert_close(a, b)
+    assert not (small_agent(make_env()).save(tmp_path / "base") / "reference").exists()  # the env's model: no copy
+
+
+def test_load_takes_the_learning_rates_and_eps_of_its_config(tmp_path):
+    path = small_agent(make_env(), learning_rate=1e-4).save(tmp_path / "ckpt")
+    restored = PPO.load(path, make_env(), learning_rate=1e-3, value_learning_rate=2e-3, adam_eps=1e-6)
+    assert [(g["lr"], g["eps"]) for g in restored.optimizer.param_groups] == [(1e-3, 1e-6), (2e-3, 1e-6)]
+
+
+def test_a_separate_value_model_with_tied_embeddings_saves_and_loads(tmp_path):
+    agent = small_agent(make_env(), value_model="separate")
+    critic = agent.policy.value_model
+    assert critic.get_output_embeddings().weight is critic.get_input_embeddings().weight
+    with torch.no_grad():
+        critic.get_input_embeddings().weight.add_(0.1)  # differs from the policy's trunk
+    restored = PPO.load(agent.save(tmp_path / "ckpt"), make_env())
+    for a, b in zip(agent.policy.value_model.parameters(), restored.policy.value_model.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_the_kl_in_the_loss_ignores_positions_past_the_end():
+    """After an early EOS the stored reference log-prob is 0 and the policy's of the padding can be
+    anything: k3 there overflowed to inf and made a NaN gradient."""
+    agent = small_agent(make_env(), kl_in_loss=True)
+
+    def eos_likely_padding_unlikely(module, inputs, logits):
+        logits = logits.clone()
+        logits[..., 1] += 3.0  # EOS (id 1): episodes end early
+        logits[..., 0] -= 100.0  # the padding id after the end
+        return logits
+
+    agent.policy.lm.get_output_embeddings().register_forward_hook(eos_likely_padding_unlikely)
+    stats = agent.train_iteration()
+    assert stats["charts/episodic_length"] < 8 and np.isfinite(stats["losses/kl_loss"])
+
+
+def test_gradient_accumulation_gives_the_gradient_of_the_whole_mini_batch():
+    """Each micro-batch weighs by its tokens, so episodes of unequal lengths split any way give one gradient."""
+    agent = small_agent(make_env(), batch_size=4, mini_batch_size=4)
+    torch.nn.init.normal_(agent.policy.value_head.weight, std=0.5)
+    agent.policy.lm.get_output_embeddings().register_forward_hook(
+        lambda module, inputs, logits: logits + 2.5 * (torch.arange(logits.shape[-1]) == 1))  # early EOS
+    batch, _ = agent.make_batch(agent.rollout())
+    assert len(set(batch.mask.sum(1).tolist())) > 1  # unequal lengths
+
+    def gradient(micro_size):
+        agent.optimizer.zero_grad(set_to_none=True)
+        rows = torch.arange(4)
+        for micro in rows.split(micro_size):
+            agent._backward(batch.rows(micro), batch.mask[micro].sum() / batch.mask.sum())
+        return torch.cat([p.grad.flatten() for p in agent.policy.parameters() if p.grad is not None])
+
+    torch.testing.assert_close(gradient(2), gradient(4), rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_is_off_in_the_update_so_the_first_ratio_is_one():
+    agent = small_agent(make_env(), learning_rate=0.0, ppo_epochs=1)
+    for module in agent.policy.lm.modules():
+        if hasattr(module, "attention_dropout"):
+            module.attention_dropout = 0.5  # as a model configured with attention dropout
+    stats = agent.train_iteration()
+    assert stats["losses/ratio_max"] == pytest.approx(1.0, abs=1e-5) and stats["losses/approx_kl"] < 1e-8
+
+
+def test_values_stay_float32_under_bf16_autocast():
+    policy = small_agent(make_env()).policy
+    torch.nn.init.normal_(policy.value_head.weight, std=0.5)
+    hidden = torch.randn(3, 5, policy.value_head.in_features)  # (B, T, H)
+    expected = policy.value_head(hidden).squeeze(-1)  # (B, T) fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = policy.value_of_hidden(hidden)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected)
