@@ -27,6 +27,21 @@ def test_keyword_counts_includes_and_excludes():
         keyword(texts)
 
 
+def test_keyword_words_may_begin_or_end_with_symbols():
+    texts = ["I love C++", "C++11 is old", "ok :)", "(:)", "ok:)", "Cs"]
+    assert keyword(texts, include="C++") == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert keyword(texts, include=":)") == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    assert keyword(texts, include=["C"]) == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_keyword_regex_strings_are_one_pattern():
+    texts = ["good and great", "good", "meh"]
+    assert keyword(texts, include="(good|great)", regex=True) == [1.0, 1.0, 0.0]
+    assert keyword(texts, include="good|great", regex=True) == [1.0, 1.0, 0.0]
+    assert keyword(texts, exclude="good|great", regex=True) == [-1.0, -1.0, 0.0]
+    assert keyword(texts, include="good|great") == [2.0, 1.0, 0.0]
+
+
 def test_length_penalizes_distance_from_the_target():
     ids = [[5] * 10, [5] * 5 + [1], [5] * 20]
     assert length(["", "", ""], ids, [False, True, False], target=10) == [0.0, -0.5, -1.0]

@@ -58,6 +58,59 @@ def test_bad_specs_say_what_is_wrong(spec, message):
         parse_reward_spec(spec)
 
 
+@pytest.mark.parametrize("spec, normalize", [
+    ("a(normalize=false)", False),
+    ("a(normalize=FALSE)", False),
+    ("a(normalize=False)", False),
+    ("a(normalize=true)", True),
+    ("a(normalize=True)", True),
+    ({"a": {"normalize": "false"}}, False),
+    ({"a": {"normalize": "True"}}, True),
+    ({"a": {"normalize": False}}, False),
+    ({"a": {"normalize": True}}, True),
+])
+def test_normalize_reads_true_and_false(spec, normalize):
+    assert parse_reward_spec(spec) == [TermSpec("a", normalize=normalize)]
+
+
+@pytest.mark.parametrize("spec, clip", [
+    ("a(clip=2)", 2.0),
+    ("a(clip=None)", None),
+    ({"a": {"clip": None}}, None),
+    ({"a": {"clip": "0.5"}}, 0.5),
+])
+def test_clip_is_a_number_or_none(spec, clip):
+    assert parse_reward_spec(spec) == [TermSpec("a", clip=clip)]
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("a(normalize=no)", "'a': normalize= must be true or false, got 'no'"),
+    ("b + a(normalize=None)", "'a': normalize= must be true or false, got None"),
+    ({"a": {"normalize": 1}}, "'a': normalize= must be true or false, got 1"),
+    ("a(clip=none)", "'a': clip= must be a number >= 0 .*, got 'none'"),
+    ("a(clip=abc)", "'a': clip= must be a number >= 0 .*, got 'abc'"),
+    ("a(clip=True)", "'a': clip= must be a number >= 0 .*, got True"),
+    ("a(clip=-1)", "'a': clip= must be a number >= 0 .*, got -1"),
+    ({"a": {"clip": "abc"}}, "'a': clip= must be a number >= 0 .*, got 'abc'"),
+    ({"a": {"clip": [1]}}, r"'a': clip= must be a number >= 0 .*, got \[1\]"),
+])
+def test_bad_normalize_or_clip_names_the_term(spec, message):
+    with pytest.raises(RewardError, match=message):
+        parse_reward_spec(spec)
+
+
+@pytest.mark.parametrize("spec, value", [
+    ("keyword(include=':)') + length", ":)"),
+    ("keyword(include='(') + length", "("),
+    ('keyword(include="] - [") + length', "] - ["),
+    ("keyword(include='a + b') + length", "a + b"),
+    ("keyword(include=\"it's (\") + length", "it's ("),
+    ("keyword(include='it\\'s (') + length", "it's ("),
+])
+def test_quotes_hide_brackets_and_signs_from_the_term_splitter(spec, value):
+    assert parse_reward_spec(spec) == [TermSpec("keyword", options={"include": value}), TermSpec("length")]
+
+
 def test_weights_sum_into_the_total(pm):
     pipeline = RewardPipeline.from_spec("2*sentiment - 0.5*length(target=2)", pm)
     batch = pipeline(**CONTEXT)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import ast
 import inspect
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,19 +152,37 @@ def _split_terms(spec: str) -> list[tuple[float, str]]:
     if not spec.strip():
         raise RewardError("empty reward spec")
     parts: list[tuple[float, str]] = []
-    depth, start, sign = 0, 0, 1.0
+    start, sign = 0, 1.0
     stripped = spec.lstrip()
     if stripped.startswith("-"):
         sign, spec = -1.0, stripped[1:]
+    for i in _separators(spec):
+        parts.append((sign, spec[start:i]))
+        sign, start = (1.0 if spec[i] == "+" else -1.0), i + 1
+    parts.append((sign, spec[start:]))
+    return parts
+
+
+def _separators(spec: str) -> Iterator[int]:
+    """Yield the index of each ``+`` or lone ``-`` outside brackets and quoted strings (``include=':)'``)."""
+    depth, quote, escaped = 0, "", False
     for i, ch in enumerate(spec):
+        if quote:  # inside a string: only its closing quote matters
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == quote:
+                quote = ""
+            continue
+        if ch in "'\"":
+            quote = ch
+            continue
         depth += ch in "([{"
         depth -= ch in ")]}"
         is_minus = ch == "-" and spec[i - 1 : i].isspace() and spec[i + 1 : i + 2].isspace()
         if depth == 0 and (ch == "+" or is_minus):
-            parts.append((sign, spec[start:i]))
-            sign, start = (1.0 if ch == "+" else -1.0), i + 1
-    parts.append((sign, spec[start:]))
-    return parts
+            yield i
 
 
 def _parse_term(sign: float, text: str) -> TermSpec:
@@ -178,8 +196,8 @@ def _parse_term(sign: float, text: str) -> TermSpec:
     return TermSpec(
         name=match["name"],
         weight=weight,
-        normalize=bool(options.pop("normalize", False)),
-        clip=_optional_float(options.pop("clip", None)),
+        normalize=_term_normalize(match["name"], options.pop("normalize", False)),
+        clip=_term_clip(match["name"], options.pop("clip", None)),
         options=options,
     )
 
@@ -240,15 +258,41 @@ def _term_from_mapping(name: str, value: Any) -> TermSpec:
         return TermSpec(
             name=name,
             weight=float(options.pop("weight", 1.0)),
-            normalize=bool(options.pop("normalize", False)),
-            clip=_optional_float(options.pop("clip", None)),
+            normalize=_term_normalize(name, options.pop("normalize", False)),
+            clip=_term_clip(name, options.pop("clip", None)),
             options=options,
         )
     raise RewardError(f"reward term {name!r}: expected a weight or a dict of options, got {value!r}")
 
 
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _term_normalize(name: str, value: Any) -> bool:
+    """Read a term's ``normalize``: a bool, or the word true/false in any case (as a spec string gives it).
+
+    Raises:
+        RewardError: any other value (``bool("false")`` would be True).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise RewardError(f"reward term {name!r}: normalize= must be true or false, got {value!r}")
+
+
+def _term_clip(name: str, value: Any) -> float | None:
+    """Read a term's ``clip``: None (no clipping) or a number >= 0, the symmetric bound.
+
+    Raises:
+        RewardError: anything else (a word, a bool, a negative number, NaN).
+    """
+    if value is None:
+        return None
+    try:
+        clip = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        clip = None
+    if clip is None or not clip >= 0:
+        raise RewardError(f"reward term {name!r}: clip= must be a number >= 0 (or None for no clipping), got {value!r}")
+    return clip
 
 
 # ------------------------------------------------------------------------ pipeline
