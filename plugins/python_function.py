@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import sys
 from pathlib import Path
 
 from textenv.plugin_manager import hookimpl
@@ -31,11 +32,34 @@ def _load_module(name: str, target: str):
         path = Path(target).expanduser()
         if not path.is_file():
             raise RewardError(f"{name!r}: no such file {path}")
-        spec = importlib.util.spec_from_file_location(f"textenv_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
+        return _exec_file(name, path)
     try:
         return importlib.import_module(target)
     except ImportError as exc:
         raise RewardError(f"{name!r}: cannot import {target}: {exc}") from None
+    except Exception as exc:
+        raise RewardError(f"{name!r}: importing {target} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _exec_file(name: str, path: Path):
+    """Import ``path`` as module ``textenv_user_<stem>``, registered in ``sys.modules`` as a normal import is.
+
+    Registering before executing lets the file's own code look itself up (``@dataclass``
+    with ``from __future__ import annotations`` does).
+
+    Raises:
+        RewardError: the file raised while being imported; the message names the file.
+    """
+    spec = importlib.util.spec_from_file_location(f"textenv_user_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get(spec.name)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        if previous is None:
+            sys.modules.pop(spec.name, None)
+        else:
+            sys.modules[spec.name] = previous
+        raise RewardError(f"{name!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    return module

@@ -111,6 +111,12 @@ def test_long_prompts_keep_their_end_with_a_warning(byte_tokenizer):
     assert byte_tokenizer.decode(obs["input_ids"][:4]) == "efgh"
 
 
+@pytest.mark.parametrize("width", [0, -3])
+def test_max_prompt_tokens_below_one_is_refused(tiny_options, width):
+    with pytest.raises(ValueError, match=f"max_prompt_tokens must be at least 1, got {width}"):
+        gym.make("textenv/TextGen-v0", **tiny_options, max_prompt_tokens=width)
+
+
 @pytest.mark.slow
 def test_default_model_env_passes_both_checkers():
     env = gym.make("textenv/TextGen-v0", max_new_tokens=8)  # smollm2-135m, movie reviews, sentiment

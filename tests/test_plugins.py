@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -121,6 +122,66 @@ def test_python_function_source(pm, tmp_path):
         pm.get_reward_source("python:justamodule")
 
 
+def test_a_hook_returning_one_source_or_a_resolver_returning_a_non_source_is_named(pm):
+    class NotAList:
+        @textenv.hookimpl
+        def textenv_reward_sources(self):
+            return textenv.RewardSource("single", lambda completions: [0.0] * len(completions))
+
+    pm.register_plugin(NotAList(), "not-a-list", "test")
+    with pytest.raises(PluginError, match=r"plugin 'not-a-list' \(test\) returned .* expected a list of textenv"):
+        pm.reward_sources()
+    pm.unregister(name="not-a-list")
+
+    class BadResolver:
+        @textenv.hookimpl
+        def textenv_resolve_reward_source(self, name):
+            return lambda completions: [0.0]
+
+    pm.register_plugin(BadResolver(), "bad-resolver", "test")
+    with pytest.raises(PluginError, match=r"plugin 'bad-resolver' \(test\) returned .* from "
+                                          r"textenv_resolve_reward_source\('anything'\); expected a textenv"):
+        pm.get_reward_source("anything")
+
+
+def test_a_prompt_set_offered_twice_is_an_error(pm):
+    class MyReviews:
+        @textenv.hookimpl
+        def textenv_prompt_sets(self):
+            return {"movie-reviews": ["my own review"]}
+
+    pm.register_plugin(MyReviews(), "my-reviews", "script mine.py")
+    with pytest.raises(PluginError, match=r"prompt set 'movie-reviews' is provided twice: by plugin 'my-reviews' "
+                                          r"\(script mine.py\) and by plugin 'textenv.plugins.prompt_sets'"):
+        pm.prompt_sets()
+
+
+def test_python_function_file_with_a_dataclass_and_postponed_annotations(pm, tmp_path):
+    script = tmp_path / "dataclass_rewards.py"
+    script.write_text(textwrap.dedent("""
+        from __future__ import annotations
+
+        from dataclasses import dataclass
+
+        @dataclass
+        class Weight:
+            value: float
+
+        def weighted(completions):
+            return [Weight(2.0).value * len(c) for c in completions]
+    """))
+    batch = RewardPipeline.from_spec(f"python:{script}:weighted", pm)(["p"], ["abc"], [[1]], [True])
+    assert batch.total.tolist() == [6.0]
+
+
+def test_python_function_file_that_fails_to_import_is_named(pm, tmp_path):
+    script = tmp_path / "broken_rewards.py"
+    script.write_text("1 / 0\n\ndef fn(completions):\n    return [0.0] * len(completions)\n")
+    with pytest.raises(RewardError, match=rf"importing {re.escape(str(script))} failed: ZeroDivisionError"):
+        pm.get_reward_source(f"python:{script}:fn")
+    assert "textenv_user_broken_rewards" not in sys.modules
+
+
 # ------------------------------------------------------------------ entry points
 
 
@@ -154,6 +215,15 @@ def test_an_installed_entry_point_is_loaded(tmp_path, monkeypatch):
     assert source.origin == "entry point 'demo' (textenv-demo-plugin 1.0)"
     monkeypatch.setenv("TEXTENV_DISABLE_PLUGIN_AUTOLOAD", "1")
     assert "politeness" not in make_plugin_manager().reward_sources()
+
+
+def test_two_distributions_may_give_an_entry_point_the_same_name(tmp_path, monkeypatch):
+    make_distribution(tmp_path, body=PLUGIN_BODY)
+    make_distribution(tmp_path, body=PLUGIN_BODY.replace("politeness", "courtesy"), name="textenv-other-plugin")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sources = make_plugin_manager(autoload=True).reward_sources()
+    assert sources["politeness"].origin == "entry point 'demo' (textenv-demo-plugin 1.0)"
+    assert sources["courtesy"].origin == "entry point 'demo' (textenv-other-plugin 1.0)"
 
 
 def test_an_entry_point_that_fails_to_import_is_named(tmp_path, monkeypatch):

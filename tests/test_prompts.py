@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from textenv.prompts import PromptError, load_prompts
@@ -44,3 +46,20 @@ def test_empty_file(tmp_path):
     (tmp_path / "empty.txt").write_text("\n\n")
     with pytest.raises(PromptError, match="no prompts"):
         load_prompts(tmp_path / "empty.txt")
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_a_file_that_is_not_utf8_gives_path_and_line(tmp_path, suffix):
+    path = tmp_path / f"latin1{suffix}"
+    path.write_bytes(b'"ok"\n"caf\xe9"\n')
+    with pytest.raises(PromptError, match=rf"{re.escape(str(path))}:2: not valid UTF-8"):
+        load_prompts(path)
+
+
+def test_lines_split_on_newline_only_and_a_bom_is_dropped(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_bytes("\ufefffirst\r\npage\fbreak\nline\u2028separator\n".encode())
+    assert load_prompts(txt) == ["first", "page\fbreak", "line\u2028separator"]
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_bytes('\ufeff{"prompt": "one"}\r\n"two\u2028lines"\n'.encode())
+    assert load_prompts(jsonl) == ["one", "two\u2028lines"]

@@ -13,7 +13,7 @@ import importlib.metadata
 import inspect
 import os
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pluggy
@@ -68,11 +68,17 @@ class PluginManager(pluggy.PluginManager):
         self.origins[name] = origin
 
     def load_entry_points(self) -> None:
-        """Load every plugin declared in the ``textenv`` entry-point group."""
+        """Load every plugin declared in the ``textenv`` entry-point group.
+
+        Each registers as ``DISTRIBUTION:NAME`` (see :func:`entry_point_plugin_name`), so
+        two distributions may both name their entry point ``NAME``. Blocking either name
+        (``set_blocked``) skips the plugin.
+        """
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist else "unknown distribution"
             origin = f"entry point {ep.name!r} ({dist})"
-            if self.has_plugin(ep.name) or self.is_blocked(ep.name):
+            name = entry_point_plugin_name(ep)
+            if self.has_plugin(name) or self.is_blocked(name) or self.is_blocked(ep.name):
                 continue
             try:
                 plugin = ep.load()
@@ -81,7 +87,7 @@ class PluginManager(pluggy.PluginManager):
                     f"plugin {ep.name!r} from {dist} failed to load ({ep.value}): "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            self.register_plugin(plugin, ep.name, origin)
+            self.register_plugin(plugin, name, origin)
 
     def _call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
         """Call a hook plugin by plugin, newest first, so a failure can name its plugin."""
@@ -110,6 +116,11 @@ class PluginManager(pluggy.PluginManager):
         sources: dict[str, RewardSource] = {}
         for plugin_name, listed in self._call_each("textenv_reward_sources"):
             origin = self.origins.get(plugin_name, plugin_name)
+            if isinstance(listed, RewardSource) or not isinstance(listed, Iterable):
+                raise PluginError(
+                    f"plugin {plugin_name!r} ({origin}) returned {listed!r} from "
+                    "textenv_reward_sources; expected a list of textenv.RewardSource objects"
+                )
             for source in listed:
                 if not isinstance(source, RewardSource):
                     raise PluginError(
@@ -129,12 +140,19 @@ class PluginManager(pluggy.PluginManager):
 
         Raises:
             RewardError: no plugin knows the name; the message lists the known ones.
+            PluginError: a resolver plugin failed or returned something that is not a RewardSource.
         """
         sources = self.reward_sources()
         if name in sources:
             return sources[name]
         for plugin_name, source in self._call_each("textenv_resolve_reward_source", name=name):
-            return _with_origin(source, self.origins.get(plugin_name, plugin_name))
+            origin = self.origins.get(plugin_name, plugin_name)
+            if not isinstance(source, RewardSource):
+                raise PluginError(
+                    f"plugin {plugin_name!r} ({origin}) returned {source!r} from "
+                    f"textenv_resolve_reward_source({name!r}); expected a textenv.RewardSource or None"
+                )
+            return _with_origin(source, origin)
         hint = difflib.get_close_matches(name, list(sources), n=1)
         raise RewardError(
             f"unknown reward source {name!r}"
@@ -143,11 +161,39 @@ class PluginManager(pluggy.PluginManager):
         )
 
     def prompt_sets(self) -> dict[str, list[str]]:
-        """Every named prompt set from every plugin."""
+        """Every named prompt set from every plugin.
+
+        Raises:
+            PluginError: a plugin failed or returned something that is not a dict, or two
+                plugins offer the same name (as for reward sources).
+        """
         sets: dict[str, list[str]] = {}
-        for _, listed in self._call_each("textenv_prompt_sets"):
-            sets.update(listed)
+        owners: dict[str, str] = {}
+        for plugin_name, listed in self._call_each("textenv_prompt_sets"):
+            origin = self.origins.get(plugin_name, plugin_name)
+            if not isinstance(listed, Mapping):
+                raise PluginError(
+                    f"plugin {plugin_name!r} ({origin}) returned {listed!r} from "
+                    "textenv_prompt_sets; expected a dict of name -> list of prompts"
+                )
+            for set_name, prompts in listed.items():
+                if set_name in sets:
+                    raise PluginError(
+                        f"prompt set {set_name!r} is provided twice: by plugin {owners[set_name]} "
+                        f"and by plugin {plugin_name!r} ({origin})"
+                    )
+                sets[set_name] = prompts
+                owners[set_name] = f"{plugin_name!r} ({origin})"
         return sets
+
+
+def entry_point_plugin_name(ep: importlib.metadata.EntryPoint) -> str:
+    """The name an entry-point plugin registers under: ``DISTRIBUTION:NAME``, or ``NAME`` without a distribution.
+
+    pluggy keeps one plugin per name, so the bare entry-point name would let a second
+    distribution's plugin of the same name be skipped.
+    """
+    return f"{ep.dist.name}:{ep.name}" if ep.dist else ep.name
 
 
 def _with_origin(source: RewardSource, origin: str) -> RewardSource:

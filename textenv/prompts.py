@@ -53,7 +53,7 @@ def _named_set(name: str, plugin_manager) -> list[str]:
 def _read_file(path: Path) -> list[str]:
     if not path.is_file():
         raise PromptError(f"{path}: no such prompt file")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_lines(path)
     if path.suffix != ".jsonl":
         return [line for line in lines if line.strip()]
     prompts = []
@@ -71,3 +71,20 @@ def _read_file(path: Path) -> list[str]:
             )
         prompts.append(prompt)
     return prompts
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The file's lines, split on ``\\n`` only (a raw U+2028 or form feed stays inside its line).
+
+    A UTF-8 byte-order mark is dropped and a trailing ``\\r`` is stripped from each line.
+
+    Raises:
+        PromptError: the file is not valid UTF-8; the message gives the path and line.
+    """
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        lineno = exc.object.count(b"\n", 0, exc.start) + 1  # exc.object lacks the BOM, if any
+        raise PromptError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason})") from None
+    return [line.removesuffix("\r") for line in text.split("\n")]

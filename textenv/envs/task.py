@@ -86,6 +86,8 @@ class TextTask:
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if max_prompt_tokens is not None and max_prompt_tokens < 1:
+            raise ValueError(f"max_prompt_tokens must be at least 1, got {max_prompt_tokens}")
         if tokenizer is None:
             if model is None:
                 raise ValueError("give model= (a name or path) or tokenizer=")
