@@ -150,3 +150,12 @@ def test_an_unsupported_render_mode_is_refused(tiny_options):
     # TypeError, as for an unexpected argument, so SB3's make_vec_env retries without rgb_array
     with pytest.raises(TypeError, match="render_mode must be one of"):
         gym.make("textenv/TextGen-v0", render_mode="rgb_array", **tiny_options)
+
+
+def test_render_follows_the_render_mode(capsys):
+    options = dict(model="tiny-random", prompts=["the movie was"], max_new_tokens=4, reward="length(target=4)")
+    silent, human = textenv.envs.TextGenEnv(**options), textenv.envs.TextGenEnv(render_mode="human", **options)
+    for env in (silent, human):
+        env.reset(seed=0)
+    assert silent.render() is None and capsys.readouterr().out == ""
+    assert human.render() is None and capsys.readouterr().out == "the movie was\u27e6\u27e7\n"

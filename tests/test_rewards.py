@@ -93,6 +93,8 @@ def test_clip_is_a_number_or_none(spec, clip):
     ("a(clip=-1)", "'a': clip= must be a number >= 0 .*, got -1"),
     ({"a": {"clip": "abc"}}, "'a': clip= must be a number >= 0 .*, got 'abc'"),
     ({"a": {"clip": [1]}}, r"'a': clip= must be a number >= 0 .*, got \[1\]"),
+    ("a(weight=abc)", "'a': weight= must be a number, got 'abc'"),
+    ({"a": {"weight": "nan"}}, "'a': weight= must be a number, got 'nan'"),
 ])
 def test_bad_normalize_or_clip_names_the_term(spec, message):
     with pytest.raises(RewardError, match=message):

@@ -182,3 +182,14 @@ def test_same_step_human_rendering_shows_each_finished_episode_with_its_own_prom
     vec.step(torch.tensor([1, 1, 1]))  # EOS everywhere: every episode ends and restarts at once
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\u27e6")[0] for line in lines] == [f"[env {i}] {p}" for i, p in enumerate(reset_info["prompt"])]
+
+
+def test_an_unknown_reset_option_is_refused_before_any_row_changes(tiny_options):
+    """Neither the rows nor their random streams move: later resets match a twin that never saw it."""
+    vec, twin = TextGenVectorEnv(2, **tiny_options), TextGenVectorEnv(2, **tiny_options)
+    vec.reset(seed=0)
+    twin.reset(seed=0)
+    with pytest.raises(ValueError, match="unknown reset options: promtps"):
+        vec.reset(seed=99, options={"promtps": ["x"]})
+    for _ in range(5):
+        assert vec.reset()[1]["prompt"].tolist() == twin.reset()[1]["prompt"].tolist()

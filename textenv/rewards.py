@@ -192,7 +192,7 @@ def _parse_term(sign: float, text: str) -> TermSpec:
             f"cannot read reward term {text.strip()!r}: expected NAME, WEIGHT*NAME or NAME(key=value, ...)"
         )
     options = _parse_options(match["args"]) if match["args"] else {}
-    weight = sign * float(match["weight"] or 1.0) * float(options.pop("weight", 1.0))
+    weight = sign * float(match["weight"] or 1.0) * _term_weight(match["name"], options.pop("weight", 1.0))
     return TermSpec(
         name=match["name"],
         weight=weight,
@@ -257,12 +257,27 @@ def _term_from_mapping(name: str, value: Any) -> TermSpec:
         options = dict(value)
         return TermSpec(
             name=name,
-            weight=float(options.pop("weight", 1.0)),
+            weight=_term_weight(name, options.pop("weight", 1.0)),
             normalize=_term_normalize(name, options.pop("normalize", False)),
             clip=_term_clip(name, options.pop("clip", None)),
             options=options,
         )
     raise RewardError(f"reward term {name!r}: expected a weight or a dict of options, got {value!r}")
+
+
+def _term_weight(name: str, value: Any) -> float:
+    """Read a term's ``weight=`` option: a finite number.
+
+    Raises:
+        RewardError: anything else, naming the term.
+    """
+    try:
+        weight = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        weight = None
+    if weight is None or not np.isfinite(weight):
+        raise RewardError(f"reward term {name!r}: weight= must be a number, got {value!r}")
+    return weight
 
 
 def _term_normalize(name: str, value: Any) -> bool:

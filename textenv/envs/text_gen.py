@@ -69,8 +69,13 @@ class TextGenEnv(gym.Env):
         return self._row(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), _first_row(info)
 
     def render(self) -> str | None:
-        """The prompt and the completion so far, the completion in ⟦ ⟧."""
-        return self.core.render()[0] if self.render_mode == "ansi" else self.core.render()
+        """The prompt and the completion so far, the completion in ⟦ ⟧: returned in ``ansi`` mode,
+        printed in ``human`` mode; None without a render mode, as Gymnasium's envs do."""
+        if self.render_mode == "ansi":
+            return self.core.render()[0]
+        if self.render_mode == "human":
+            self.core.render()  # prints
+        return None
 
     @staticmethod
     def _row(obs) -> dict[str, np.ndarray]:

@@ -118,13 +118,14 @@ class TextGenVectorEnv(VectorEnv):
             seed = [seed + i for i in range(self.num_envs)]
         if seed is not None and len(seed) != self.num_envs:
             raise ValueError(f"got {len(seed)} seeds for {self.num_envs} envs")
+        prompts = options.pop("prompts", None)
+        if options:  # before any row is touched
+            raise ValueError(f"unknown reset options: {', '.join(options)}")
         rows = np.flatnonzero(mask)
         for i in rows:
             if (seed is not None and seed[i] is not None) or self.row_rngs[i] is None:
                 self.row_rngs[i], _ = seeding.np_random(None if seed is None else seed[i])
-        self._start_episodes(rows, options.pop("prompts", None))
-        if options:
-            raise ValueError(f"unknown reset options: {', '.join(options)}")
+        self._start_episodes(rows, prompts)
         self._needs_reset = False
         self._ended_last_step = bool(self._finished.any())
         info = self._row_info({"prompt": [self.row_prompts[i] for i in rows]}, rows)
