@@ -193,3 +193,33 @@ def test_an_unknown_reset_option_is_refused_before_any_row_changes(tiny_options)
         vec.reset(seed=99, options={"promtps": ["x"]})
     for _ in range(5):
         assert vec.reset()[1]["prompt"].tolist() == twin.reset()[1]["prompt"].tolist()
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep"])
+def test_info_is_laid_out_as_gymnasium_sync_vector_env_lays_it_out(tiny_options, mode):
+    """Against SyncVectorEnv over single envs: the same prompts, completions and masks, with the reset's
+    info at an autoreset (NextStep) and the ended episodes' under final_info (SameStep)."""
+    n = 3
+    vec = TextGenVectorEnv(n, autoreset_mode=mode, **tiny_options)
+    sync = gym.vector.SyncVectorEnv([lambda: TextGenEnv(**tiny_options)] * n,
+                                    autoreset_mode=gym.vector.AutoresetMode(mode))
+    obs, info = vec.reset(seed=11)
+    sync_obs, sync_info = sync.reset(seed=11)
+    checked = set()
+    for t in range(30):
+        for got, expected in [(info, sync_info), (info.get("final_info"), sync_info.get("final_info"))]:
+            if expected is None:
+                assert got is None
+                continue
+            for key in ("prompt", "completion"):
+                assert (key in got) == (key in expected), (t, key)
+                if key in expected:
+                    np.testing.assert_array_equal(got[f"_{key}"], expected[f"_{key}"])
+                    mask = expected[f"_{key}"]
+                    assert got[key][mask].tolist() == expected[key][mask].tolist()
+                    checked.add(key)
+        np.testing.assert_array_equal(obs["input_ids"].numpy(), sync_obs["input_ids"])
+        actions = np.array([scripted_action(o, t, 384) for o in sync_obs["input_ids"]])
+        obs, _, _, _, info = vec.step(torch.as_tensor(actions))
+        sync_obs, _, _, _, sync_info = sync.step(actions)
+    assert checked == {"prompt", "completion"}

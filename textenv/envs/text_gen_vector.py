@@ -31,10 +31,12 @@ class TextGenVectorEnv(VectorEnv):
     holds ``prompt``, ``completion``, ``reward_terms`` (each term by name),
     ``raw_reward_terms`` and, when a source gives them, ``token_rewards``.
 
-    Autoreset follows Gymnasium 1.x: ``next-step`` by default (a finished row
-    resets at the next ``step``, which ignores its action and returns reward 0);
-    ``same-step`` (the reset observation comes back at once, the final one in
-    ``info["final_obs"]``); or ``disabled``: a finished row stays frozen, ignoring
+    Autoreset follows Gymnasium 1.x, info included, as ``SyncVectorEnv`` lays it out:
+    ``next-step`` by default (a finished row resets at the next ``step``, which ignores
+    its action, returns reward 0 and the new episode's ``prompt`` in info);
+    ``same-step`` (the reset observation comes back at once with the new ``prompt``;
+    the final one is in ``info["final_obs"]`` and the ended episode's info in
+    ``info["final_info"]``); or ``disabled``: a finished row stays frozen, ignoring
     actions with reward 0, until ``reset(options={"reset_mask": mask})`` or a full
     reset. Sub-env i is seeded with ``seed + i``, like ``SyncVectorEnv``.
     """
@@ -128,8 +130,7 @@ class TextGenVectorEnv(VectorEnv):
         self._start_episodes(rows, prompts)
         self._needs_reset = False
         self._ended_last_step = bool(self._finished.any())
-        info = self._row_info({"prompt": [self.row_prompts[i] for i in rows]}, rows)
-        return self._observation(), info
+        return self._observation(), self._reset_info(rows)
 
     def _fresh_rows(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Whole observation rows (n, L) for prompts (n, P): the prompt, then an empty completion."""
@@ -206,18 +207,22 @@ class TextGenVectorEnv(VectorEnv):
                 episode_rewards, dtype=torch.float32, device=self.device
             )
 
+        ended_info = info
         if self.autoreset_mode == AutoresetMode.NEXT_STEP and self._ended_last_step:
-            self._start_episodes(stale.nonzero().squeeze(1).cpu().numpy(), None)
+            restarted = stale.nonzero().squeeze(1).cpu().numpy()
+            self._start_episodes(restarted, None)
+            info = _merge_info(info, self._reset_info(restarted))  # as SyncVectorEnv: the reset's info
         self._ended_last_step = any_ended
         obs = self._observation()
         if self.autoreset_mode == AutoresetMode.SAME_STEP and any_ended:
-            info.update(self._row_info({"final_obs": [self._row_obs(obs, i) for i in rows]}, rows))
+            # As SyncVectorEnv: the ended episodes' info under final_info, the new ones' at the top.
+            info = self._row_info({"final_obs": [self._row_obs(obs, i) for i in rows]}, rows)
+            info["final_info"], info["_final_info"] = ended_info, info["_final_obs"].copy()
             self._start_episodes(rows, None)
+            info.update(self._reset_info(rows))
             obs = self._observation()
         if self.render_mode == "human" and any_ended:
-            for i, text in zip(rows, info["completion"][rows]):
-                terms = ", ".join(f"{k}={v[i]:+.3f}" for k, v in info["reward_terms"].items() if not k.startswith("_"))
-                print(f"[env {i}] {info['prompt'][i]}\u27e6{text}\u27e7  reward {float(rewards[i]):+.3f} ({terms})")
+            _print_ended(rows, ended_info, rewards)
         return obs, rewards, terminated, truncated, info
 
     def _score(self, rows: np.ndarray, terminated: torch.Tensor) -> tuple[dict[str, Any], np.ndarray]:
@@ -253,6 +258,10 @@ class TextGenVectorEnv(VectorEnv):
     @staticmethod
     def _row_obs(obs: dict[str, torch.Tensor], i: int) -> dict[str, np.ndarray]:
         return {k: v[i].cpu().numpy() for k, v in obs.items()}
+
+    def _reset_info(self, rows: np.ndarray) -> dict[str, Any]:
+        """The info of the episodes just started in ``rows``: their prompts."""
+        return self._row_info({"prompt": [self.row_prompts[i] for i in rows]}, rows)
 
     def _row_info(self, values: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
         """Spread per-row values into Gymnasium's vector info: a (N,) array and a ``_key`` mask each."""
@@ -295,3 +304,29 @@ class TextGenVectorEnv(VectorEnv):
 
     def __repr__(self) -> str:
         return f"TextGenVectorEnv(num_envs={self.num_envs}, device={self.device}, model={self.task.model_name!r})"
+
+
+def _print_ended(rows: np.ndarray, info: dict[str, Any], rewards: torch.Tensor) -> None:
+    """Human rendering: each ended episode's prompt, completion, reward and reward terms."""
+    for i in rows:
+        terms = ", ".join(f"{k}={v[i]:+.3f}" for k, v in info["reward_terms"].items() if not k.startswith("_"))
+        print(f"[env {i}] {info['prompt'][i]}\u27e6{info['completion'][i]}\u27e7  reward {float(rewards[i]):+.3f} "
+              f"({terms})")
+
+
+def _merge_info(info: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+    """Gymnasium vector infos of different rows combined: each key's values where its ``_key`` mask is set."""
+    merged = dict(info)
+    for key, value in other.items():
+        if key.startswith("_"):
+            continue
+        mask = other[f"_{key}"]
+        if key not in merged:
+            merged[key], merged[f"_{key}"] = value, mask
+        elif isinstance(value, dict):
+            merged[key] = _merge_info(merged[key], value)
+            merged[f"_{key}"] = merged[f"_{key}"] | mask
+        else:
+            merged[key] = np.where(mask, value, merged[key])
+            merged[f"_{key}"] = merged[f"_{key}"] | mask
+    return merged
