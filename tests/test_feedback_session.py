@@ -26,10 +26,11 @@ FAST = "pace=200, min_delay=0.01, max_delay=0.2, gap=0.01, linger=0.05"
 
 
 class LetterCritic:
-    """A scripted critic for byte-level gibberish: words with an 'e' are good, with an 'x' bad."""
+    """A scripted critic for byte-level gibberish: words (runs of letters) in lower case are good,
+    the others bad."""
 
     def word(self, word: str) -> float:
-        return 0.5 if "e" in word else -0.5 if "x" in word else 0.0
+        return 0.5 if word.islower() else -0.5
 
     def completion(self, text: str) -> float:
         return 0.0
@@ -227,7 +228,9 @@ def test_a_source_that_takes_tokens_gets_each_token_decoded(fresh_default_pm, by
     assert env.task.rewards.wants_tokens
     generate_episodes(load_causal_lm(TINY_MODEL), env, seed=0)
     assert [len(t) for t in seen["tokens"]] == [len(ids) for ids in seen["ids"]]
-    assert seen["tokens"] == [[byte_tokenizer.decode([i]) for i in ids] for ids in seen["ids"]]
+    # special tokens (EOS, ByT5's sentinels) decode to "", as they do in the completion's text
+    piece = lambda i: byte_tokenizer.decode([i], skip_special_tokens=True)  # noqa: E731
+    assert seen["tokens"] == [[piece(i) for i in ids] for ids in seen["ids"]]
     assert not TextGenVectorEnv(1, model=TINY_MODEL, prompts=["hi"], reward="length").task.rewards.wants_tokens
 
 

@@ -55,7 +55,8 @@ def run_labelling(args: argparse.Namespace) -> int:
                 continue
             ids = [row[: int(n)] for row, n in zip(episodes.completion_ids.tolist(), episodes.completion_mask.sum(1))]
             if args.mode == "rate":
-                tokens = [env.task.tokenizer.batch_decode([[i] for i in row]) for row in ids]
+                # each token on its own, special ones as "", as the env gives them to reward sources
+                tokens = [env.task.tokenizer.batch_decode([[i] for i in row], skip_special_tokens=True) for row in ids]
                 given, quit_ = rate_completions(store, session_id, reader, episodes.prompts, episodes.completions,
                                                 ids, tokens, scale=args.scale)
             else:
