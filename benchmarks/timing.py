@@ -12,6 +12,7 @@ class TimedRewards:
         self.pipeline = pipeline
         self.seconds = 0.0
 
+    # The pipeline's interface, spelled out (the agent checkpoints its statistics):
     @property
     def names(self) -> list[str]:
         return self.pipeline.names
@@ -19,6 +20,12 @@ class TimedRewards:
     @property
     def wants_tokens(self) -> bool:
         return self.pipeline.wants_tokens
+
+    def state_dict(self) -> dict:
+        return self.pipeline.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.pipeline.load_state_dict(state)
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
