@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--init-kl-coef", type=float, default=0.2, help="initial weight of the KL penalty")
     parser.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss (gae)")
     parser.add_argument("--lam", type=float, default=0.95, help="GAE's lambda")
+    parser.add_argument("--gamma", type=float, default=1.0, help="discount per token")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per mini-batch")
     parser.add_argument("--kl-in-loss", action="store_true", help="the KL penalty in the loss (k3), not the reward")
     parser.add_argument("--temperature", type=float, default=1.0, help="sampling temperature of the rollout")
@@ -65,7 +66,7 @@ def main() -> None:
                 kl_horizon=args.kl_horizon, batch_size=args.batch_size, mini_batch_size=args.mini_batch_size,
                 ppo_epochs=args.ppo_epochs, init_kl_coef=args.init_kl_coef, kl_in_loss=args.kl_in_loss,
                 temperature=args.temperature, gradient_accumulation_steps=args.grad_accum, vf_coef=args.vf_coef,
-                lam=args.lam, value_learning_rate=args.value_lr, kl_target=args.kl_target,
+                lam=args.lam, gamma=args.gamma, value_learning_rate=args.value_lr, kl_target=args.kl_target,
                 ent_coef=args.ent_coef, kl_estimator=args.kl_estimator, value_model=args.value_model,
                 cliprange=args.cliprange, cliprange_value=args.cliprange_value,
                 lr_decay_episodes=args.lr_decay_episodes)
@@ -74,7 +75,7 @@ def main() -> None:
           f"batch {args.batch_size}/{args.mini_batch_size}/{args.grad_accum} x {args.ppo_epochs} epochs; "
           f"kl coef {args.init_kl_coef}{' in the loss' if args.kl_in_loss else ''} ({agent.config.kl_estimator_used}); "
           f"vf_coef {args.vf_coef}; "
-          f"lambda {args.lam}; temperature {args.temperature}; "
+          f"lambda {args.lam}; gamma {args.gamma}; temperature {args.temperature}; "
           f"value lr {args.lr if args.value_lr is None else args.value_lr}; "
           f"kl target {args.kl_target}; ent_coef {args.ent_coef}; {args.value_model} value model; "
           f"clip {args.cliprange}; value clip {args.cliprange_value}; "

@@ -9,6 +9,8 @@ patch the agent from outside, for this script only:
 - ``--freeze-embeddings``: no updates to the (tied) input embedding and output head.
 - ``--clip-high X``: DAPO's asymmetric clip, the ratio clipped to [1 - 0.2, 1 + X].
 - ``--warmup-episodes N``: both learning rates ramped up per iteration over N episodes.
+- ``--critic-warmup-episodes N``: for the first N episodes only the value head learns (the
+  policy's learning rate is 0), so the first policy steps see a fitted critic's advantages.
 - ``--expected-future-kl``: in each token's GAE advantage, the KL penalties of the tokens
   after it enter as their expectations, the exact KL over the vocabulary at those
   positions, in place of their sampled k1 values; the token's own penalty stays k1, so
@@ -62,6 +64,7 @@ def main() -> None:
     parser.add_argument("--freeze-embeddings", action="store_true")
     parser.add_argument("--clip-high", type=float, default=None)
     parser.add_argument("--warmup-episodes", type=int, default=0)
+    parser.add_argument("--critic-warmup-episodes", type=int, default=0)
     parser.add_argument("--expected-future-kl", action="store_true")
     parser.add_argument("--kl-to-go", action="store_true")
     parser.add_argument("--interpolate", type=float, nargs="*", default=[])
@@ -82,6 +85,8 @@ def main() -> None:
         ppo_module.policy_loss = asymmetric_clip(ppo_module.policy_loss, args.clip_high)
     if args.warmup_episodes:
         with_warmup(agent, args.warmup_episodes)
+    if args.critic_warmup_episodes:
+        with_critic_warmup(agent, args.critic_warmup_episodes)
     cfg = agent.config
     if args.expected_future_kl:
         recompute_advantages(agent, expected_future_kl(cfg.gamma, cfg.lam))
@@ -128,6 +133,18 @@ def with_warmup(agent: PPO, episodes: int) -> None:
             group["lr"] *= scale
 
     agent._anneal_learning_rates = anneal_with_warmup
+
+
+def with_critic_warmup(agent: PPO, episodes: int) -> None:
+    """Hold the policy's learning rate (the first parameter group) at 0 for the first ``episodes``."""
+    anneal = agent._anneal_learning_rates
+
+    def anneal_after_warmup() -> None:
+        anneal()
+        if agent.num_episodes < episodes:
+            agent.optimizer.param_groups[0]["lr"] = 0.0
+
+    agent._anneal_learning_rates = anneal_after_warmup
 
 
 def rewards_without_kl(episodes, mask: torch.Tensor) -> torch.Tensor:
