@@ -100,19 +100,24 @@ def main() -> None:
     from textenv.agents.run_log import plot_reward_curve
 
     path = plot_reward_curve(agent.history, f"{args.run_dir}/reward_curve.png")
-    print("\nwindows of 5 iterations: episodes, mean VADER, mean KL")
-    for start_i in range(0, len(agent.history), 5):
-        window = agent.history[start_i : start_i + 5]
-        print(f"  {int(window[0]['episodes']) - agent.config.batch_size + 1:>5}-{int(window[-1]['episodes']):<5} "
-              f"{np.mean([h[vader_key] for h in window]):+.2f} "
-              f"{np.mean([h['objective/kl'] for h in window]):6.2f}", flush=True)
-    last = agent.history[-3:]
-    print(f"\nfirst 3 iterations: mean VADER {np.mean(vader[:3]):+.3f}; last 3: {np.mean(vader[-3:]):+.3f}, "
-          f"KL {np.mean([h['objective/kl'] for h in last]):.2f} nats")
+    print_windows(agent.history, vader_key, agent.config.batch_size)
     print(f"final policy after {agent.num_episodes} episodes, {args.eval_batches * agent.config.batch_size} fresh "
           f"samples: mean VADER {final_vader:+.3f}, KL {final_kl:.2f} nats")
     print(f"goal {args.goal}: " + (f"reached at {reached} episodes" if reached else "not reached")
           + f"; {time.perf_counter() - start:.0f} s; curve in {path}; load average {os.getloadavg()[0]:.2f}")
+
+
+def print_windows(history: list[dict[str, float]], vader_key: str, batch_size: int) -> None:
+    """Mean VADER and KL over windows of 5 iterations, then over the first and last 3 iterations."""
+    print("\nwindows of 5 iterations: episodes, mean VADER, mean KL")
+    for start_i in range(0, len(history), 5):
+        window = history[start_i : start_i + 5]
+        print(f"  {int(window[0]['episodes']) - batch_size + 1:>5}-{int(window[-1]['episodes']):<5} "
+              f"{np.mean([h[vader_key] for h in window]):+.2f} "
+              f"{np.mean([h['objective/kl'] for h in window]):6.2f}", flush=True)
+    vader = [h[vader_key] for h in history]
+    print(f"\nfirst 3 iterations: mean VADER {np.mean(vader[:3]):+.3f}; last 3: {np.mean(vader[-3:]):+.3f}, "
+          f"KL {np.mean([h['objective/kl'] for h in history[-3:]]):.2f} nats")
 
 
 def evaluate_final_policy(agent: PPO, vader_key: str, batches: int) -> tuple[float, float]:

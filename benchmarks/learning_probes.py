@@ -45,7 +45,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import torch.nn.functional as F
-from learning_curve import evaluate_final_policy
+from learning_curve import evaluate_final_policy, print_windows
 
 import textenv  # noqa: F401  (registers the env)
 import textenv.agents.ppo as ppo_module
@@ -101,6 +101,7 @@ def main() -> None:
         print(f"{agent.num_episodes:>8} {stats[VADER]:>+7.3f} {stats['objective/kl']:>6.2f} "
               f"{stats['losses/clipfrac']:>8.3f} {stats['losses/entropy']:>7.3f}", flush=True)
     print(f"trained in {time.perf_counter() - start:.0f} s", flush=True)
+    print_windows(agent.history, VADER, agent.config.batch_size)
     vader, kl = evaluate_final_policy(agent, VADER, args.eval_batches)
     print(f"final policy, {args.eval_batches * 64} fresh samples: mean VADER {vader:+.3f}, KL {kl:.2f} nats",
           flush=True)
