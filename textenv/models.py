@@ -94,6 +94,44 @@ def resolve_model(name_or_path: str) -> str:
 # ----------------------------------------------------------------------- loading
 
 
+class ModelNotFoundError(FileNotFoundError):
+    """A model name that is neither a model directory nor a hub id that could be loaded."""
+
+
+def _is_meant_as_directory(name: str) -> bool:
+    """Whether ``name`` can only be a local path (so no hub lookup, with its retries, is worth trying)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name.startswith((".", "/", "~")) or os.path.isabs(name):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:  # e.g. "runs/sft/final": no hub id has two slashes
+        return True
+    parent = Path(name).parent
+    return parent != Path(".") and parent.is_dir()  # "runs/sft" where runs/ exists: a directory was meant
+
+
+def _from_pretrained(load, name_or_path: str, *, needs: tuple[str, ...], **kwargs):
+    """``load(path, **kwargs)`` for a resolved model name, a missing model raised as one clear error.
+
+    ``needs``: file names of which a model directory holds at least one (else transformers' error
+    would be a ValueError about a missing ``model_type`` or tokenizer backend).
+    """
+    path = resolve_model(name_or_path)
+    directory = Path(path).expanduser()
+    if not directory.is_dir() and _is_meant_as_directory(path):
+        raise ModelNotFoundError(f"model {name_or_path!r}: no such directory")
+    if directory.is_dir() and not any((directory / name).exists() for name in needs):
+        raise ModelNotFoundError(f"model {name_or_path!r}: the directory holds no {' or '.join(needs)}")
+    try:
+        return load(path, **kwargs)
+    except OSError as exc:  # transformers' "not a model directory" or "not found on the hub (or no network)"
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelNotFoundError(f"model {name_or_path!r} could not be loaded: {first_line}") from exc
+
+
 def load_tokenizer(name_or_path: str):
     """Load the tokenizer for a model name, path or hub id.
 
@@ -104,13 +142,20 @@ def load_tokenizer(name_or_path: str):
     Returns:
         A ``transformers`` tokenizer whose ``pad_token`` is set (the EOS token
         when the tokenizer defines no pad token of its own).
+
+    Raises:
+        ModelNotFoundError: ``name_or_path`` is no directory holding a tokenizer,
+            nor a hub id that could be loaded.
     """
     import transformers
 
     if name_or_path == TINY_MODEL:
         tokenizer = transformers.ByT5Tokenizer()
     else:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(resolve_model(name_or_path))
+        tokenizer = _from_pretrained(
+            transformers.AutoTokenizer.from_pretrained, name_or_path,
+            needs=("tokenizer_config.json", "tokenizer.json", "config.json"),
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -134,6 +179,10 @@ def load_causal_lm(
 
     Returns:
         A ``transformers`` causal LM (``PreTrainedModel``) in eval mode on ``device``.
+
+    Raises:
+        ModelNotFoundError: ``name_or_path`` is no model directory, nor a hub id
+            that could be loaded.
     """
     if name_or_path == TINY_MODEL:
         model = build_tiny_model()
@@ -141,7 +190,7 @@ def load_causal_lm(
         from transformers import AutoModelForCausalLM
 
         kwargs = {} if dtype is None else {"dtype": dtype}
-        model = AutoModelForCausalLM.from_pretrained(resolve_model(name_or_path), **kwargs)
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, name_or_path, needs=("config.json",), **kwargs)
     if dtype is not None:
         model = model.to(dtype)  # a no-op unless the checkpoint loader ignored `dtype`
     return model.to(device if device is not None else default_device()).eval()
