@@ -1,8 +1,8 @@
 """Token-level PPO for causal language models in a textenv environment.
 
 One iteration: sample ``batch_size`` episodes in the batched env (the policy keeps
-its KV cache, log-probs and values come from the rollout's own forward passes) →
-reference log-probs in one batched forward → per-token KL penalty, the episode
+its KV cache) → the policy's log-probs and values and the reference's log-probs from
+batched full forwards, as the update computes them → per-token KL penalty, the episode
 score at the last token, per-token rewards from sources → GAE (or a critic-free
 group baseline) → ``ppo_epochs`` passes of clipped PPO over mini-batches.
 """
@@ -45,7 +45,6 @@ from textenv.agents.ppo_math import (
     group_advantages,
     kl_penalty,
     logprobs_and_entropy,
-    logprobs_from_logits,
     masked_mean,
     masked_whiten,
     policy_loss,
@@ -74,16 +73,16 @@ class Batch:
     """One iteration's rollout, ready for the PPO epochs (all tensors on the agent's device).
 
     Attributes:
-        input_ids: (B, L) prompt then completion.
+        input_ids: (B, L) prompt then completion (without the columns that are padding in every row).
         attention_mask: (B, L).
         tokens: (B, T) the completion tokens.
         mask: (B, T) 1.0 for the episode's tokens.
-        logprobs: (B, T) the rollout policy's log-probs of the tokens.
+        logprobs: (B, T) the rollout policy's log-probs of the tokens (from a full forward, as the update's).
         values: (B, T) its values (zeros without a value head).
         advantages: (B, T).
         returns: (B, T) the value targets.
         ref_logprobs: (B, T) the reference's log-probs of the tokens (the rollout's without a reference).
-        ref_logp_full: (B, T, V) bf16, the reference's whole log-distribution at each position (only for
+        ref_logp_full: (B, T, V) fp32, the reference's whole log-distribution at each position (only for
             ``kl_estimator="full"``, else None).
     """
 
@@ -308,12 +307,11 @@ class PPO:
     def rollout(self) -> Episodes:
         """Sample one episode per row with the current policy (no gradients)."""
         cfg = self.config
-        value_head = self.policy.value_of_hidden if self.policy.shares_trunk else None
         self.policy.eval()
         with torch.no_grad(), autocast(self.device, self.bf16):
             return generate_episodes(
                 self.policy.lm, self.env, sampling=self.sampling, generator=self.sample_generator,
-                prompts=self._draw_prompts(cfg.batch_size), value_head=value_head,
+                prompts=self._draw_prompts(cfg.batch_size),
             )
 
     def _rollout_draws(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, Any]]]:
@@ -336,39 +334,52 @@ class PPO:
 
     @torch.no_grad()
     def make_batch(self, episodes: Episodes) -> tuple[Batch, dict[str, float]]:
-        """Reference log-probs, KL-penalized per-token rewards and advantages for a rollout."""
+        """The rollout policy's and the reference's log-probs, KL-penalized per-token rewards and advantages.
+
+        The "old" log-probs and values are recomputed here with one batched forward, the same
+        kind of forward at the same precision as the update's and the reference's: the
+        rollout's one-token-at-a-time cached decoding rounds differently under bf16 (the PPO
+        ratio of an unchanged SmolLM2 reached 1.16, and its KL to an identical reference came
+        out non-zero), so clipping and the KL penalty would act on rounding noise.
+        """
         cfg = self.config
         tokens = episodes.completion_ids  # (B, T)
         mask = episodes.completion_mask.float()  # (B, T)
-        input_ids = torch.cat([episodes.prompt_ids, tokens], dim=1)  # (B, L)
-        attention = torch.cat([episodes.prompt_mask, episodes.completion_mask], dim=1)  # (B, L)
+        # Every forward of this batch, here and in the update, runs micro-batches of the same width: under
+        # bf16 a row's logits change with the width of its micro-batch (0.16 nats on SmolLM2 at 39 vs 44
+        # columns), so padding is dropped once for the whole batch, not per micro-batch.
+        input_ids, attention = without_left_padding(
+            torch.cat([episodes.prompt_ids, tokens], dim=1),  # (B, L)
+            torch.cat([episodes.prompt_mask, episodes.completion_mask], dim=1),  # (B, L)
+        )  # (B, L') each
         t = tokens.shape[1]
-        ref_logprobs = episodes.logprobs.clone()  # (B, T); stays so (KL 0) without a reference
-        values = episodes.values if episodes.values is not None else torch.zeros_like(mask)  # (B, T)
-        need_values = cfg.uses_value_head and not self.policy.shares_trunk
+        logprobs = torch.zeros_like(mask)  # (B, T)
+        values = torch.zeros_like(mask)  # (B, T); stays 0 without a value head
+        ref_logprobs = logprobs  # (B, T); the policy's own (KL 0) without a reference
         keep_full = cfg.kl_estimator_used == "full" and self.reference is not None  # (the config ties it to the loss)
-        ref_logp_full = (  # (B, T, V), every row written below
-            torch.empty(*tokens.shape, self.task.vocab_size, dtype=torch.bfloat16, device=self.device)
-            if keep_full else None
+        ref_logp_full = (  # (B, T, V) fp32: in bf16 an identical reference's KL came out at +-1e-3
+            torch.empty(*tokens.shape, self.task.vocab_size, device=self.device) if keep_full else None
         )
+        if self.reference is not None:
+            ref_logprobs = torch.zeros_like(mask)
         self.policy.eval()
-        for rows in torch.arange(len(tokens), device=self.device).split(cfg.mini_batch_size):
-            ids, att = without_left_padding(input_ids[rows], attention[rows])  # (b, L') each
+        for rows in torch.arange(len(tokens), device=self.device).split(cfg.micro_batch_size):
+            ids, att = input_ids[rows], attention[rows]  # (b, L') each
             with autocast(self.device, self.bf16):
-                if need_values:
-                    _, values[rows] = self.policy(ids, att, t)
-                if self.reference is None:
-                    continue
+                logits, row_values = self.policy(ids, att, t, values=cfg.uses_value_head)  # (b, T, V), (b, T)
+            logprobs[rows] = self._token_logprobs(logits, tokens[rows]) * mask[rows]
+            if row_values is not None:
+                values[rows] = row_values * mask[rows]
+            if self.reference is None:
+                continue
+            with autocast(self.device, self.bf16):
                 ref_logits = self.reference(
                     input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp(min=0),
                     logits_to_keep=t + 1, use_cache=False,
                 ).logits[:, :-1]  # (b, T, V)
-            ref_logits = ref_logits[..., : self.task.vocab_size]
-            if cfg.temperature not in (0.0, 1.0):
-                ref_logits = ref_logits.float() / cfg.temperature
-            ref_logprobs[rows] = logprobs_from_logits(ref_logits, tokens[rows]) * mask[rows]
+            ref_logprobs[rows] = self._token_logprobs(ref_logits, tokens[rows]) * mask[rows]
             if ref_logp_full is not None:
-                ref_logp_full[rows] = F.log_softmax(ref_logits, dim=-1, dtype=torch.float32).to(torch.bfloat16)
+                ref_logp_full[rows] = F.log_softmax(self._scaled(ref_logits), dim=-1, dtype=torch.float32)
 
         scores = torch.as_tensor(episodes.scores, dtype=torch.float32, device=self.device)  # (B,)
         if cfg.reward_norm:
@@ -378,7 +389,7 @@ class PPO:
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
         rewards = episodes.token_rewards * mask  # (B, T)
         if not cfg.kl_in_loss:  # else the update's loss carries it
-            kl = kl_penalty(episodes.logprobs, ref_logprobs, cfg.kl_estimator_used) * mask  # (B, T)
+            kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator_used) * mask  # (B, T)
             rewards = rewards - self.kl_ctl.value * kl  # (B, T)
         last = (mask.sum(1).long() - 1).clamp(min=0)  # (B,) index of each episode's last token
         rewards[torch.arange(len(rewards), device=self.device), last] += scores
@@ -390,15 +401,15 @@ class PPO:
             advantages, returns = sequence_advantage[:, None] * mask, torch.zeros_like(mask)  # (B, T)
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
-        episode_kl = ((episodes.logprobs - ref_logprobs) * mask).sum(1).mean().item()  # k1, whatever penalizes
+        episode_kl = ((logprobs - ref_logprobs) * mask).sum(1).mean().item()  # k1, whatever penalizes
         stats = {
             "objective/kl": episode_kl,
             "objective/kl_coef": float(self.kl_ctl.value),
             "objective/scores": float(scores.mean()),
-            "objective/logprobs": float(masked_mean(episodes.logprobs, mask)),
+            "objective/logprobs": float(masked_mean(logprobs, mask)),
         }
         self.kl_ctl.update(episode_kl, len(tokens))
-        batch = Batch(input_ids, attention, tokens, mask, episodes.logprobs, values, advantages, returns,
+        batch = Batch(input_ids, attention, tokens, mask, logprobs, values, advantages, returns,
                       ref_logprobs, ref_logp_full)
         return batch, stats
 
@@ -448,11 +459,9 @@ class PPO:
         """
         cfg = self.config
         with autocast(self.device, self.bf16):
-            logits, values = self.policy(*without_left_padding(mb.input_ids, mb.attention_mask), mb.tokens.shape[1],
+            logits, values = self.policy(mb.input_ids, mb.attention_mask, mb.tokens.shape[1],
                                          values=cfg.uses_value_head)
-        logits = logits[..., : self.task.vocab_size]  # (b, T, V)
-        if cfg.temperature not in (0.0, 1.0):
-            logits = logits.float() / cfg.temperature
+        logits = self._scaled(logits)  # (b, T, V)
         bonus = cfg.ent_coef != 0
         logprobs, entropy = logprobs_and_entropy(  # (b, T) each
             logits, mb.tokens, with_entropy or bonus, entropy_grad=bonus
@@ -484,6 +493,18 @@ class PPO:
             self._stop_on_nonfinite(f"the loss is {loss.item()} (policy loss {stats['policy_loss']})")
         (loss * weight).backward()
         return stats
+
+    def _scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        """(b, T, V') model logits → (b, T, V) logits of the sampling distribution (the task's vocabulary,
+        divided by the temperature)."""
+        logits = logits[..., : self.task.vocab_size]  # (b, T, V)
+        if self.config.temperature != 1.0:
+            logits = logits.float() / self.config.temperature
+        return logits
+
+    def _token_logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(b, T) log-probs of ``tokens`` under model logits (b, T, V'), computed as the update computes them."""
+        return logprobs_and_entropy(self._scaled(logits), tokens, with_entropy=False)[0]
 
     def _step(self) -> float:
         params = [p for p in self.policy.parameters() if p.grad is not None]
@@ -672,8 +693,8 @@ class PPO:
 def without_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop the leading columns that are padding in every row.
 
-    The task pads every prompt to its longest one; a micro-batch of shorter prompts need
-    not run those columns. Positions come from the mask's cumsum, so nothing else moves.
+    The task pads every prompt to its longest one; a batch of shorter prompts need not
+    run those columns. Positions come from the mask's cumsum, so nothing else moves.
 
     Args:
         input_ids: (b, L) left-padded prompts, then completions.

@@ -17,7 +17,6 @@ import torch
 
 from textenv.agents import PPO, PPOConfig, TrainingError
 from textenv.agents.policy import keep_freed_cpu_memory
-from textenv.agents.ppo import without_left_padding
 from textenv.envs import TextGenEnv
 
 PROMPTS = ["hello", "the movie was", "a", "once upon"]
@@ -79,22 +78,52 @@ def test_rollout_logprobs_and_values_equal_a_step_by_step_recomputation():
         assert reward == pytest.approx(episodes.rewards[i])
 
 
-def test_the_update_sees_the_rollout_policy_without_the_padding_columns():
-    """Short prompts' padding columns are dropped, the logits stay, and the first step's ratio is 1."""
+def test_the_batch_drops_the_padding_columns_of_every_row_and_keeps_the_logits():
+    """Columns that are padding in every row are dropped once for the whole batch, and the logits stay."""
     agent = small_agent(make_env())
-    batch, _ = agent.make_batch(agent.rollout())
-    lengths = batch.attention_mask[:, : agent.task.prompt_width].sum(1)  # (B,) prompt tokens per row
-    short = torch.nonzero(lengths <= 5).squeeze(1)  # "hello" and "a": 8+ padding columns of 13
-    assert len(short) > 0
-    ids, att = without_left_padding(batch.input_ids[short], batch.attention_mask[short])
-    assert ids.shape[1] <= batch.input_ids.shape[1] - 8 and bool(att[:, 0].any())
+    agent.task.prompts = ["hello", "a", "once"]  # shorter than "the movie was", the longest of the task's prompts
+    episodes = agent.rollout()
+    batch, _ = agent.make_batch(episodes)
+    full_width = episodes.prompt_ids.shape[1] + episodes.completion_ids.shape[1]
+    assert batch.input_ids.shape[1] < full_width and bool(batch.attention_mask[:, 0].any())
     t = batch.tokens.shape[1]
+    full_ids = torch.cat([episodes.prompt_ids, episodes.completion_ids], dim=1)
+    full_mask = torch.cat([episodes.prompt_mask, episodes.completion_mask], dim=1)
     with torch.no_grad():
-        full, _ = agent.policy(batch.input_ids[short], batch.attention_mask[short], t)
-        trimmed, _ = agent.policy(ids, att, t)
+        full, _ = agent.policy(full_ids, full_mask, t)
+        trimmed, _ = agent.policy(batch.input_ids, batch.attention_mask, t)
     assert torch.allclose(full, trimmed, atol=1e-5)
-    stats = agent._backward(batch.rows(torch.arange(4)))
-    assert stats["ratio_mean"] == pytest.approx(1.0, abs=1e-4) and stats["approx_kl"] < 1e-6
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_before_any_step_every_micro_batch_has_ratio_one_and_an_identical_reference_kl_zero(precision):
+    """The old log-probs come from the same kind of forward as the update's, in micro-batches of one width."""
+    agent = small_agent(make_env(), precision=precision, batch_size=8, mini_batch_size=4,
+                        gradient_accumulation_steps=2)
+    assert_unchanged_policy_has_ratio_one_and_kl_zero(agent)
+
+
+def assert_unchanged_policy_has_ratio_one_and_kl_zero(agent, epochs=2):
+    batch, stats = agent.make_batch(agent.rollout())
+    assert stats["objective/kl"] == 0.0 and torch.equal(batch.logprobs, batch.ref_logprobs)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(epochs):  # shuffled as the update shuffles: other rows, same width
+        for micro in torch.randperm(len(batch.tokens), generator=generator).split(agent.config.micro_batch_size):
+            stats = agent._backward(batch.rows(micro))
+            assert stats["approx_kl"] == pytest.approx(0.0, abs=1e-7)  # k3 is 0 only where every ratio is 1
+            assert stats["ratio_max"] == pytest.approx(1.0, abs=1e-6)
+    agent.optimizer.zero_grad(set_to_none=True)
+
+
+@pytest.mark.slow
+def test_smollm2_under_bf16_has_ratio_one_and_kl_zero_before_any_step():
+    """SmolLM2 under bf16: the cached rollout's log-probs were off by up to 0.2 nats (ratio 0.986, KL 0.25 nats
+    to an identical reference on 4 x 16 tokens); the batched recomputation makes both exact."""
+    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", reward="sentiment", max_new_tokens=16,
+                   prompts=["hello", "the movie was a long and winding story of", "a", "once upon a time in a"])
+    agent = PPO(env, batch_size=8, mini_batch_size=4, precision="bf16", progress=False, seed=0)
+    assert agent.bf16
+    assert_unchanged_policy_has_ratio_one_and_kl_zero(agent)
 
 
 def test_under_bf16_autocast_the_reference_keeps_its_linear_weights_in_bf16_and_its_logits():
