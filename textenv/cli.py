@@ -1,28 +1,45 @@
-"""The ``textenv`` command line: ``textenv plugins``, ``textenv demo``."""
+"""The ``textenv`` command line: ``textenv plugins``, ``textenv demo``, and the commands of COMMAND_MODULES
+(``textenv train``, ``sft``, ``rm``, ``feedback``); helpers that turn config dataclasses into flags.
+
+Exit codes: 0 done, 2 a user's mistake (printed as one line), 130 interrupted, 1 anything else.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import importlib
+import inspect
+import json
+import re
 import sys
+import textwrap
 import time
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
 
 from textenv.envs.task import DEFAULT_PROMPTS, DEFAULT_REWARD
-from textenv.models import DEFAULT_MODEL
-
-# The main job's reward: the default's sentiment paid out per token (its sum is the same
-# score), which the value head credits token by token.
-TRAIN_REWARD = "sentiment_dense + repetition"
+from textenv.models import DEFAULT_MODEL, ModelNotFoundError
 
 # Modules that keep their subcommands beside their feature. Each has
 # ``add_commands(sub)`` (adds its parsers, each with ``set_defaults(run=...)``) and
 # ``USER_ERRORS``, the exception types that main() prints as one clear line.
-COMMAND_MODULES: tuple[str, ...] = ("textenv.sft_cli", "textenv.reward_model.cli", "textenv.feedback.cli")
+COMMAND_MODULES: tuple[str, ...] = (
+    "textenv.train", "textenv.sft_cli", "textenv.reward_model.cli", "textenv.feedback.cli",
+)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``textenv`` command."""
-    parser = argparse.ArgumentParser(prog="textenv", description=__doc__)
+class ConfigFileError(ValueError):
+    """A ``--config`` file that cannot be read, or holds an unknown key or a value of the wrong kind."""
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, list[type[Exception]]]:
+    """The ``textenv`` parser with every command, and the exception types its commands raise for a user's mistake."""
+    parser = argparse.ArgumentParser(prog="textenv", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plugins", help="list every registered reward source and prompt set")
@@ -40,44 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_demo)
 
-    p = sub.add_parser("train", help="train a model with PPO in the env (the main job)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="local path, hub id or smollm2-135m (default)")
-    p.add_argument("--prompts", default=DEFAULT_PROMPTS, help="prompt set name, .txt or .jsonl file")
-    p.add_argument("--reward", default=TRAIN_REWARD,
-                   help=f"reward spec (default: {TRAIN_REWARD!r}, sentiment paid out per token)")
-    p.add_argument("--iterations", type=int, default=12, help="PPO iterations (of --batch-size episodes)")
-    # Defaults: the best learner on the default task (docs/BENCHMARKS.md, learning curve (bb)).
-    p.add_argument("--batch-size", type=int, default=64, help="episodes per iteration")
-    p.add_argument("--mini-batch-size", type=int, default=16)
-    p.add_argument("--ppo-epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=5e-5, help="learning rate at the start")
-    p.add_argument("--lr-schedule", choices=["linear", "constant"], default="linear",
-                   help="linear (default): anneal the learning rate to 0 over the run's iterations")
-    p.add_argument("--kl-coef", type=float, default=0.085, help="initial weight of the per-token KL penalty")
-    p.add_argument("--vf-coef", type=float, default=0.5, help="weight of the value loss (gae)")
-    p.add_argument("--lam", type=float, default=0.8, help="GAE's lambda (gae)")
-    p.add_argument("--clip", type=float, default=0.2, help="PPO's clip range of the policy ratio")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--advantage", choices=["gae", "rloo", "grpo"], default="gae",
-                   help="gae (default: the value head, crediting each token), rloo (leave-one-out baseline over "
-                        "--group-size samples per prompt) or grpo")
-    p.add_argument("--group-size", type=int, default=8, help="samples per prompt for rloo/grpo")
-    p.add_argument("--eval-prompts", type=int, default=8, help="prompts scored before and after training")
-    p.add_argument("--output-dir", default="runs/textenv",
-                   help="TensorBoard events, samples, checkpoints, reward curve")
-    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
-                   help="a checkpoint directory, or a run directory (its latest checkpoint)")
-    p.set_defaults(run=_train)
-
-    user_errors: list[type[Exception]] = []
+    user_errors: list[type[Exception]] = [ModelNotFoundError, ConfigFileError]
     for name in COMMAND_MODULES:
         module = importlib.import_module(name)
         module.add_commands(sub)
         user_errors.extend(module.USER_ERRORS)
+    return parser, user_errors
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``textenv`` command."""
+    parser, user_errors = build_parser()
     args = parser.parse_args(argv)
     from textenv.plugin_manager import PluginError
     from textenv.prompts import PromptError
@@ -88,6 +78,175 @@ def main(argv: list[str] | None = None) -> int:
     except (PluginError, PromptError, RewardError, *user_errors) as exc:
         print(f"textenv: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one while loading
+        print("textenv: interrupted", file=sys.stderr)
+        return 130
+
+
+# ------------------------------------------------------------- config dataclasses as flags
+
+
+_SECTION = re.compile(r"\s*# --- (.+)")
+
+
+def field_docs(cls: type) -> dict[str, tuple[str, str]]:
+    """Each field's section and attribute docstring, read from the class's source.
+
+    Config dataclasses document each field with an attribute docstring and mark sections with
+    ``# --- title`` comments (DESIGN.md). Reading both from the source keeps the help text in that
+    one place: field metadata, or HfArgumentParser's help= strings, would be a second copy to keep
+    in step (and HfArgumentParser has no argument groups, dashed flags or ``--no-flag``).
+
+    Args:
+        cls: a dataclass defined in a source file.
+
+    Returns:
+        ``{field: (section, docstring)}``, the section "" before the first marker, the docstring ""
+        where there is none, its whitespace collapsed.
+    """
+    source = textwrap.dedent(inspect.getsource(cls))
+    lines = source.splitlines()
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for statement, following in zip(body, [*body[1:], None]):
+        if not (isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name)):
+            continue
+        doc = ""
+        if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant):
+            doc = str(following.value.value)
+        markers = (_SECTION.match(line) for line in reversed(lines[: statement.lineno - 1]))
+        section = next((m.group(1) for m in markers if m), "")
+        docs[statement.target.id] = (section, " ".join(doc.split()))
+    return docs
+
+
+def option_converter(hint: Any) -> Callable[[str], Any]:
+    """A function from a flag's text to a value of the field type ``hint`` (int, float, str, a Literal of strings,
+    any of these or None); ``none`` (any case) gives None where the type allows it.
+
+    Whether the value is allowed (a Literal's member, a range) is the dataclass's own check, made once for
+    flags, files and Python callers alike.
+    """
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    convert = str if typing.get_origin(base) is Literal else base
+
+    def converter(text: str) -> Any:
+        if optional and text.lower() == "none":
+            return None
+        return convert(text)
+
+    converter.__name__ = f"{convert.__name__}{' or none' if optional else ''}"  # argparse's "invalid ... value"
+    return converter
+
+
+def add_dataclass_arguments(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    *,
+    group: str | None = None,
+    skip: tuple[str, ...] = (),
+    aliases: dict[str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
+    """Add a ``--flag`` for every field of the dataclass ``cls``, in an argument group per section.
+
+    A flag is the field's name with dashes and stores into the field's name. Its default is
+    ``argparse.SUPPRESS``: the namespace holds only what the user gave, so the dataclass stays the one
+    source of defaults (each help line shows it) and a ``--config`` file's value is not overwritten by one.
+    A bool takes ``--flag/--no-flag``; a field that may be None takes ``none``.
+
+    Args:
+        parser: where the flags go.
+        cls: a frozen config dataclass with attribute docstrings.
+        group: one group title for every field; None: the class's ``# --- title`` sections.
+        skip: fields that get no flag.
+        aliases: extra flags of a field, e.g. ``{"learning_rate": ("--lr",)}``.
+
+    Returns:
+        The argument groups by title, so a caller can add more flags to one.
+    """
+    docs, hints, groups = field_docs(cls), typing.get_type_hints(cls), {}
+    for field in dataclasses.fields(cls):
+        if field.name in skip:
+            continue
+        section, doc = docs.get(field.name, ("", ""))
+        title = group or section or cls.__name__
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        hint = hints[field.name]
+        flag = "--" + field.name.replace("_", "-")
+        default = (flag if field.default else "--no-" + flag[2:]) if hint is bool else field.default
+        text = re.sub(r":\w+:`~?([^`]+)`", r"\1", doc).replace("``", "")  # reST markup reads badly in a terminal
+        text = text.replace("%", "%%")  # argparse formats help with %
+        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
+                                  "help": f"{text} (default: {'none' if default is None else default})"}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = option_converter(hint)
+            kwargs["metavar"] = _metavar(hint)
+        groups[title].add_argument(flag, *(aliases or {}).get(field.name, ()), **kwargs)
+    return groups
+
+
+def _metavar(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is Literal:
+        return "{" + ",".join(args) + "}"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return "|".join(_metavar(a) for a in args if a is not type(None)) + "|none"
+    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(hint, hint.__name__.upper())
+
+
+def read_config_file(path: str | Path, hints: dict[str, Any]) -> dict[str, Any]:
+    """The options in a YAML or JSON file: a mapping of option names (with ``_`` or ``-``) to values.
+
+    Text values of non-text options go through :func:`option_converter` (YAML reads ``5e-5`` as text).
+
+    Args:
+        path: the file (``.json``: JSON; anything else: YAML, of which JSON is a subset).
+        hints: the known options and their types.
+
+    Returns:
+        ``{option: value}`` with the options' own names.
+
+    Raises:
+        ConfigFileError: the file cannot be read or parsed, is not a mapping, names an unknown option, or
+            holds text that does not convert to its option's type.
+    """
+    import difflib
+
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigFileError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigFileError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+                              f"{' '.join(str(exc).split())}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigFileError(f"{path}: expected a mapping of option names to values, got {type(values).__name__}")
+    options = {}
+    for key, value in values.items():
+        name = str(key).replace("-", "_")
+        if name not in hints:
+            close = difflib.get_close_matches(name, hints, n=1)
+            raise ConfigFileError(f"{path}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if isinstance(value, str) and hints[name] is not str:
+            try:
+                value = option_converter(hints[name])(value)
+            except ValueError:
+                expected = _metavar(hints[name]).lower()
+                raise ConfigFileError(f"{path}: {key}: expected {expected}, got {value!r}") from None
+        options[name] = value
+    return options
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -140,12 +299,6 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"\n{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.1f} tokens/s); "
           f"mean reward {episodes.rewards.mean():+.3f}")
     return 0
-
-
-def _train(args: argparse.Namespace) -> int:
-    from textenv.train import run_training
-
-    return run_training(args)
 
 
 if __name__ == "__main__":
