@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
 import pytest
 
 import textenv
+from textenv.envs import TextGenVectorEnv
+from textenv.generation import generate_episodes
+from textenv.models import build_tiny_model
 from textenv.rewards import RewardError, RewardPipeline, RewardSource, TermSpec, parse_reward_spec
 
 CONTEXT = dict(
@@ -136,6 +140,63 @@ def test_running_normalization_and_clipping(pm):
     restored = RewardPipeline.from_spec("value(normalize=True)", pm)
     restored.load_state_dict(state)
     assert restored.terms[0].stats.mean == pytest.approx(14.0, rel=1e-3)
+
+
+def test_one_batch_normalizes_every_call_with_the_entry_statistics_and_updates_once(pm):
+    source = RewardSource("value", lambda completions: [float(len(c)) for c in completions])
+    pm.register_plugin(_plugin(source), "values", "test")
+    pipeline = RewardPipeline.from_spec("value(normalize=True)", pm)
+    pipeline(**CONTEXT)  # statistics of [11, 17]
+    entry = copy.deepcopy(pipeline.terms[0].stats)
+    batches = [dict(CONTEXT, completions=texts) for texts in (["abc", "abcdef"], ["abc"], ["abcdefghij"])]
+    with pipeline.one_batch():
+        with pipeline.one_batch():  # a nested entry joins the outer batch
+            scored = [pipeline(**batch).terms["value"] for batch in batches[:2]]
+        scored.append(pipeline(**batches[2]).terms["value"])
+        assert pipeline.terms[0].stats.count == entry.count  # nothing moves before the exit
+    raw = np.array([3.0, 6.0, 3.0, 10.0])
+    np.testing.assert_allclose(np.concatenate(scored), (raw - entry.mean) / np.sqrt(entry.var + 1e-8))
+    entry.update(raw)  # one update with the whole batch
+    assert pipeline.state_dict()["value"] == {"mean": entry.mean.tolist(), "var": entry.var.tolist(),
+                                              "count": entry.count}
+
+
+def test_a_failed_batch_leaves_the_statistics_alone(pm):
+    source = RewardSource("value", lambda completions: [float(len(c)) for c in completions])
+    pm.register_plugin(_plugin(source), "values", "test")
+    pipeline = RewardPipeline.from_spec("value(normalize=True)", pm)
+    before = pipeline.state_dict()
+    with pytest.raises(KeyboardInterrupt), pipeline.one_batch():
+        pipeline(**CONTEXT)
+        raise KeyboardInterrupt
+    assert pipeline.state_dict() == before
+    pipeline(**CONTEXT)  # outside the context again: each call updates, as before
+    assert pipeline.terms[0].stats.mean == pytest.approx(14.0, rel=1e-3)
+
+
+def test_a_rollout_normalizes_rows_that_end_at_different_steps_with_one_set_of_statistics(pm, byte_tokenizer):
+    """Rows with the same raw value get the same normalized value though their episodes end at
+    different steps, and the statistics afterwards are those of one update with every row."""
+    pm.register_plugin(_plugin(RewardSource("prompt_length", lambda prompts: [float(len(p)) for p in prompts])),
+                       "prompt-length", "test")
+    env = TextGenVectorEnv(
+        8, autoreset_mode="Disabled", tokenizer=byte_tokenizer, model=None, prompts=["ab", "abcdefgh"],
+        max_new_tokens=6,
+        eos_token_ids=list(range(3, 200)),  # about half the vocabulary ends an episode: rows end at steps 1-6
+        reward="prompt_length(normalize=True)", plugin_manager=pm,
+    )
+    stats = env.task.rewards.terms[0].stats
+    env.task.rewards.load_state_dict({"prompt_length": {"mean": 4.0, "var": 9.0, "count": 10.0}})
+    entry = copy.deepcopy(stats)
+    prompts = ["ab", "abcdefgh"] * 4  # raw values 2 and 8
+    episodes = generate_episodes(build_tiny_model(), env, seed=0, prompts=prompts)
+
+    lengths = episodes.completion_mask.sum(1).numpy()
+    assert len(set(lengths[0::2])) > 1 and len(set(lengths[1::2])) > 1  # each raw value ends at several steps
+    raw = np.array([2.0, 8.0] * 4)
+    np.testing.assert_allclose(episodes.reward_terms["prompt_length"], (raw - 4.0) / 3.0, rtol=1e-6)
+    entry.update(raw)
+    np.testing.assert_allclose([stats.mean, stats.var, stats.count], [entry.mean, entry.var, entry.count])
 
 
 def test_per_token_rewards_are_summed_and_kept(pm):

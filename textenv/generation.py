@@ -93,7 +93,9 @@ def generate_episodes(
     """Run one episode in every row of ``env`` with ``model`` choosing the tokens.
 
     Every row starts together and the loop stops when all have ended; the model sees
-    the prompt once, then one new token per step through its KV cache.
+    the prompt once, then one new token per step through its KV cache. Normalized reward
+    terms score every row with the same statistics, updated once with the whole batch at
+    the end (:meth:`textenv.rewards.RewardPipeline.one_batch`).
 
     Args:
         model: a transformers causal LM on ``env.device``.
@@ -125,26 +127,28 @@ def generate_episodes(
     done = torch.zeros(n, dtype=torch.bool, device=env.device)
     ended = _Ended(n, limit, env.task.rewards.names)
     bar = tqdm(total=limit, desc="generating", unit="tok", disable=not progress, leave=False)
-    for t in range(limit):
-        out = model(
-            input_ids=inputs, attention_mask=attention, position_ids=positions, cache=cache,
-            use_cache=True, output_hidden_states=value_head is not None,
-        )
-        cache = out.cache
-        actions, step_logprobs = next_tokens(out.logits[:, -1, : env.task.vocab_size], sampling, warpers, generator)
-        logprobs[:, t] = step_logprobs * ~done  # (N,)
-        if value_head is not None:
-            values[:, t] = value_head(out.hidden_states[-1][:, -1]).float() * ~done  # (N,)
-        _, reward, terminated, truncated, info = env.step(actions)
-        if "completion" in info:
-            ended.collect(info, reward)
-        done |= terminated | truncated
-        bar.update(1)
-        if bool(done.all()):
-            break
-        inputs = actions.unsqueeze(1)  # (N, 1)
-        attention = torch.cat([attention, torch.ones_like(inputs)], dim=1)  # (N, P + t + 1)
-        positions = positions[:, -1:] + 1  # (N, 1)
+    # One set of normalization statistics for the whole batch, though rows end at different steps.
+    with env.task.rewards.one_batch():
+        for t in range(limit):
+            out = model(
+                input_ids=inputs, attention_mask=attention, position_ids=positions, cache=cache,
+                use_cache=True, output_hidden_states=value_head is not None,
+            )
+            cache = out.cache
+            actions, step_logprobs = next_tokens(out.logits[:, -1, : env.task.vocab_size], sampling, warpers, generator)
+            logprobs[:, t] = step_logprobs * ~done  # (N,)
+            if value_head is not None:
+                values[:, t] = value_head(out.hidden_states[-1][:, -1]).float() * ~done  # (N,)
+            _, reward, terminated, truncated, info = env.step(actions)
+            if "completion" in info:
+                ended.collect(info, reward)
+            done |= terminated | truncated
+            bar.update(1)
+            if bool(done.all()):
+                break
+            inputs = actions.unsqueeze(1)  # (N, 1)
+            attention = torch.cat([attention, torch.ones_like(inputs)], dim=1)  # (N, P + t + 1)
+            positions = positions[:, -1:] + 1  # (N, 1)
     bar.close()
     ids, mask = env.completion_tokens()  # (N, T) each
     return Episodes(

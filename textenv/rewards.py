@@ -19,12 +19,14 @@ plus any options given in the reward spec (``length(target=20)`` calls it with
 The pipeline calls every source of a spec once per batch, checks what each returns
 (count, NaN/inf, exceptions: each error names the source and the offending item),
 applies per-term running normalization, clipping and weights, and keeps every term
-by name.
+by name. Inside :meth:`RewardPipeline.one_batch` every call normalizes with the same
+statistics, which take the whole batch in at the end.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import inspect
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -349,6 +351,39 @@ class RewardPipeline:
         if not terms:
             raise RewardError("a reward pipeline needs at least one term")
         self.terms = terms
+        # Inside one_batch(): each normalized term's raw values, folded into its statistics on exit.
+        self._pending: dict[str, list[np.ndarray]] | None = None
+
+    @contextlib.contextmanager
+    def one_batch(self) -> Iterator[RewardPipeline]:
+        """Score one batch in several calls with one set of normalization statistics.
+
+        A rollout scores its rows as their episodes end, at different steps. Outside this
+        context each call updates a normalized term's running statistics first, so short
+        episodes would be normalized with older statistics than long ones. Inside it, every
+        call normalizes with the statistics as of entry and keeps the raw values; on exit the
+        statistics take them all in one update, as one call with the whole batch would.
+
+        A nested entry joins the outer batch. If the block raises, the kept values are
+        dropped: a failed batch does not move the statistics.
+
+        Example::
+
+            with pipeline.one_batch():
+                first = pipeline(prompts[:2], completions[:2], ids[:2], terminated[:2])
+                rest = pipeline(prompts[2:], completions[2:], ids[2:], terminated[2:])
+        """
+        if self._pending is not None:
+            yield self
+            return
+        self._pending = {t.key: [] for t in self.terms if t.spec.normalize}
+        try:
+            yield self
+        finally:
+            pending, self._pending = self._pending, None
+        for term in self.terms:  # reached only when the block did not raise
+            if pending.get(term.key):
+                term.stats.update(np.concatenate(pending[term.key]))
 
     @classmethod
     def from_spec(cls, spec: Any, plugin_manager=None) -> RewardPipeline:
@@ -418,10 +453,10 @@ class RewardPipeline:
             episode, per_token = _check_result(term.source.name, values, context)
             if per_token is None:
                 raw_terms[term.key] = episode
-                weighted = term.spec.weight * _normalize_clip(term, episode)
+                weighted = term.spec.weight * _normalize_clip(term, episode, self._pending)
             else:
                 raw_terms[term.key] = np.array([t.sum() for t in per_token])
-                flat = _normalize_clip(term, np.concatenate(per_token)) * term.spec.weight
+                flat = _normalize_clip(term, np.concatenate(per_token), self._pending) * term.spec.weight
                 splits = np.cumsum([len(t) for t in per_token])[:-1]
                 per_token = np.split(flat, splits)
                 if token_rewards is None:
@@ -448,9 +483,15 @@ class RewardPipeline:
                 t.stats.count = float(state[t.key]["count"])
 
 
-def _normalize_clip(term: RewardTerm, values: np.ndarray) -> np.ndarray:
+def _normalize_clip(
+    term: RewardTerm, values: np.ndarray, pending: dict[str, list[np.ndarray]] | None
+) -> np.ndarray:
+    """Normalize (when the term asks) and clip; ``pending`` keeps the raw values instead of updating the statistics."""
     if term.spec.normalize and len(values):
-        term.stats.update(values)
+        if pending is None:
+            term.stats.update(values)
+        else:
+            pending[term.key].append(values)
         values = (values - term.stats.mean) / np.sqrt(term.stats.var + 1e-8)
     if term.spec.clip is not None:
         values = np.clip(values, -term.spec.clip, term.spec.clip)
