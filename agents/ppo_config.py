@@ -33,9 +33,9 @@ class PPOConfig:
 
     # --- optimization
     learning_rate: float = 5e-5
-    """Adam's learning rate (at the start, with ``lr_schedule="linear"``)."""
+    """Adam's learning rate (at the start, with ``lr_schedule="linear"``); 0 freezes the policy."""
     value_learning_rate: float | None = None
-    """Learning rate of the value head (and of a separate value model); None: ``learning_rate``."""
+    """Learning rate of the value head (and of a separate value model); None: ``learning_rate``; 0 freezes it."""
     lr_schedule: Literal["linear", "constant"] = "linear"
     """``linear``: anneal both learning rates linearly to 0 over the current ``learn(total_episodes)`` call, as
     SB3's linear schedule over ``total_timesteps``. Each iteration runs at the configured rates times
@@ -166,9 +166,11 @@ class PPOConfig:
         for name in ("batch_size", "mini_batch_size", "gradient_accumulation_steps", "ppo_epochs", "kl_horizon",
                      "group_size", "keep_checkpoints"):
             _require(self, name, lambda v: v >= 1, ">= 1")
-        for name in ("vf_coef", "ent_coef", "init_kl_coef", "checkpoint_every", "sample_every", "seed"):
+        # A learning rate of 0 is allowed: it freezes the policy (or the critic) while the other learns.
+        for name in ("learning_rate", "value_learning_rate", "vf_coef", "ent_coef", "init_kl_coef", "checkpoint_every",
+                     "sample_every", "seed"):
             _require(self, name, lambda v: v >= 0, ">= 0")
-        for name in ("learning_rate", "value_learning_rate", "lr_decay_episodes", "adam_eps", "max_grad_norm",
+        for name in ("lr_decay_episodes", "adam_eps", "max_grad_norm",
                      "cliprange", "cliprange_value", "target_kl", "kl_target", "reward_clip"):
             _require(self, name, lambda v: v > 0, "positive")
         for name in ("gamma", "lam"):
@@ -178,6 +180,10 @@ class PPOConfig:
             raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got top_k={self.top_k}, top_p={self.top_p}")
 
     def _check_combinations(self) -> None:
+        if self.advantage != "gae" and (self.group_size < 2 or self.batch_size % self.group_size):
+            raise ValueError(
+                f"{self.advantage} needs group_size >= 2 dividing batch_size {self.batch_size}, got {self.group_size}"
+            )
         if self.batch_size % self.mini_batch_size:
             raise ValueError(
                 f"batch_size {self.batch_size} is not a multiple of mini_batch_size {self.mini_batch_size}"
@@ -186,10 +192,6 @@ class PPOConfig:
             raise ValueError(
                 f"mini_batch_size {self.mini_batch_size} is not a multiple of "
                 f"gradient_accumulation_steps {self.gradient_accumulation_steps}"
-            )
-        if self.advantage != "gae" and (self.group_size < 2 or self.batch_size % self.group_size):
-            raise ValueError(
-                f"{self.advantage} needs group_size >= 2 dividing batch_size {self.batch_size}, got {self.group_size}"
             )
         if self.kl_in_loss and self.kl_estimator == "k1":
             raise ValueError(

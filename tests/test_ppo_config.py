@@ -13,8 +13,8 @@ from textenv.agents.ppo_math import kl_penalty
 
 INVALID = [
     ("batch_size", 0), ("mini_batch_size", 0), ("gradient_accumulation_steps", 0), ("ppo_epochs", 0),
-    ("learning_rate", 0.0), ("learning_rate", -1e-5), ("learning_rate", math.nan), ("learning_rate", math.inf),
-    ("value_learning_rate", 0.0), ("lr_schedule", "cosine"), ("lr_decay_episodes", 0), ("adam_eps", 0.0),
+    ("learning_rate", -1e-5), ("learning_rate", math.nan), ("learning_rate", math.inf), ("value_learning_rate", -1.0),
+    ("lr_schedule", "cosine"), ("lr_decay_episodes", 0), ("adam_eps", 0.0),
     ("max_grad_norm", -1.0), ("gamma", 1.5), ("gamma", -0.1), ("lam", 1.01), ("cliprange", 0.0),
     ("cliprange_value", 0.0), ("vf_coef", -0.5), ("ent_coef", -0.01), ("ratio_threshold", 1.0), ("target_kl", 0.0),
     ("init_kl_coef", -0.1), ("kl_target", 0.0), ("kl_horizon", 0), ("kl_estimator", "k4"), ("reward_clip", 0.0),
@@ -42,6 +42,7 @@ def test_the_defaults_are_a_valid_config_and_none_takes_the_place_of_optional_va
     assert config.value_learning_rate is None
     assert PPOConfig(ratio_threshold=math.inf).ratio_threshold == math.inf  # inf turns the guard off
     assert PPOConfig(learning_rate=1).learning_rate == 1  # an int is a fine float
+    assert PPOConfig(learning_rate=0.0).learning_rate == 0  # a frozen policy (the critic learns alone)
 
 
 @pytest.mark.parametrize("options", [dict(top_k=50), dict(top_p=0.9)])
