@@ -16,6 +16,7 @@ import math
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
 from textenv.agents.policy import (
     ActorCritic,
@@ -178,6 +181,8 @@ class PPO:
         self.num_episodes = 0
         self.history: list[dict[str, float]] = []
         self.run = RunLog(cfg.run_dir) if cfg.run_dir else None
+        self._schedule_end: int | None = None  # the run's episode count where the current learn() call ends
+        self._bar: tqdm | None = None
 
     def _prefer_eager_attention(self, model: torch.nn.Module) -> None:
         if self.device.type == "cpu" and hasattr(model, "set_attn_implementation"):
@@ -200,13 +205,19 @@ class PPO:
         return groups
 
     def _anneal_learning_rates(self) -> None:
-        """Set each group's learning rate for this iteration from ``lr_decay_episodes`` (if set)."""
-        horizon = self.config.lr_decay_episodes
-        if horizon is None:
-            return
-        scale = max(0.0, 1.0 - self.num_episodes / horizon)
+        """Set each group's learning rate for this iteration: linearly towards 0 at ``lr_decay_episodes``,
+        or with ``lr_schedule="linear"`` at the end of the current :meth:`learn` call; else constant."""
+        end = self.config.lr_decay_episodes
+        if end is None and self.config.lr_schedule == "linear":
+            end = self._schedule_end
+        scale = 1.0 if end is None else max(0.0, 1.0 - self.num_episodes / end)
         for group, initial in zip(self.optimizer.param_groups, self.initial_learning_rates):
             group["lr"] = initial * scale
+
+    def _show_phase(self, phase: str) -> None:
+        """Show what the iteration is doing in :meth:`learn`'s bar (an iteration takes minutes on a CPU)."""
+        if self._bar is not None:
+            self._bar.set_postfix_str(phase, refresh=True)
 
     # ------------------------------------------------------------------ training
 
@@ -237,27 +248,36 @@ class PPO:
                 as a NaN reward (a checkpoint of the last good weights is written first when
                 there is a run directory).
         """
+        callbacks = _callbacks(callback)
         target = self.num_episodes + total_episodes if reset_num_episodes else total_episodes
         iterations = max(0, math.ceil((target - self.num_episodes) / self.config.batch_size))
-        callbacks = [] if callback is None else [callback] if callable(callback) else list(callback)
+        self._schedule_end = target
         bar = tqdm(total=iterations, desc="PPO", unit="it", disable=not self.config.progress)
-        with bar, _graceful_interrupt() as interrupt:  # the bar closes before any error is printed
-            for _ in range(iterations):
-                stats = self.train_iteration()
-                bar.update(1)
-                bar.set_postfix(reward=f"{stats['charts/episodic_return']:+.3f}", kl=f"{stats['objective/kl']:.2f}")
-                every = self.config.checkpoint_every
-                if self.run and every and self.num_iterations % every == 0:
-                    self.save_checkpoint()
-                answers = [cb(self, stats) for cb in callbacks]  # every callback sees every iteration
-                if any(answer is False for answer in answers):
-                    break
-                if interrupt.requested:
-                    bar.close()
-                    where = self.save_checkpoint() if self.run else None
-                    print(f"interrupted after iteration {self.num_iterations}"
-                          + (f"; checkpoint in {where} (resume with PPO.load)" if where else ""), flush=True)
-                    return self
+        self._bar = None if bar.disable else bar
+        try:
+            with bar, _graceful_interrupt() as interrupt:  # the bar closes before any error is printed
+                for _ in range(iterations):
+                    stats = self.train_iteration()
+                    bar.update(1)
+                    bar.set_postfix_str(
+                        f"reward={stats['charts/episodic_return']:+.3f}, kl={stats['objective/kl']:.2f}"
+                    )
+                    every = self.config.checkpoint_every
+                    if self.run and every and self.num_iterations % every == 0:
+                        self._show_phase("saving a checkpoint")
+                        self.save_checkpoint(optimizer=self.config.save_optimizer)
+                    answers = [cb(self, stats) for cb in callbacks]  # every callback sees every iteration
+                    if any(answer is False for answer in answers):
+                        break
+                    if interrupt.requested:
+                        bar.close()
+                        where = self.save_checkpoint() if self.run else None
+                        print(f"interrupted after iteration {self.num_iterations}"
+                              + (f"; checkpoint in {where} (resume with PPO.load)" if where else ""), flush=True)
+                        return self
+        finally:
+            self._bar = None
+            self._schedule_end = None  # train_iteration() outside learn() keeps the rates where they are
         if self.run:
             self.save_checkpoint()
             if self.history:
@@ -269,12 +289,14 @@ class PPO:
         cfg = self.config
         start = time.perf_counter()
         draws = self._rollout_draws()
+        self._show_phase("rollout")
         try:
             episodes = self.rollout()
         except RewardError as error:  # e.g. a plugin's NaN: the weights are still the last iteration's
             self._restore_rollout_draws(draws)  # so that resuming samples this batch again
             self._stop(str(error), saved="the state after the last good iteration is saved in", cause=error)
         rollout_time = time.perf_counter() - start
+        self._show_phase("log-probs")
         batch, reward_stats = self.make_batch(episodes)
         prepare_time = time.perf_counter() - start - rollout_time
         self._anneal_learning_rates()
@@ -311,7 +333,7 @@ class PPO:
         with torch.no_grad(), autocast(self.device, self.bf16):
             return generate_episodes(
                 self.policy.lm, self.env, sampling=self.sampling, generator=self.sample_generator,
-                prompts=self._draw_prompts(cfg.batch_size),
+                prompts=self._draw_prompts(cfg.batch_size), progress=self._bar is not None,
             )
 
     def _rollout_draws(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, Any]]]:
@@ -396,11 +418,15 @@ class PPO:
 
         if cfg.uses_value_head:
             advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)  # (B, T) each
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
         else:
             sequence_advantage = group_advantages(rewards.sum(1), cfg.group_size, cfg.advantage)  # (B,)
+            if cfg.whiten_advantages:
+                # Over sequences and without a shift: a group's advantages already sum to 0, and whitening
+                # over tokens would weigh long completions more and move an all-equal group off its 0.
+                sequence_advantage = sequence_advantage / (sequence_advantage.std() + 1e-8)  # (B,)
             advantages, returns = sequence_advantage[:, None] * mask, torch.zeros_like(mask)  # (B, T)
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
         episode_kl = ((logprobs - ref_logprobs) * mask).sum(1).mean().item()  # k1, whatever penalizes
         stats = {
             "objective/kl": episode_kl,
@@ -414,37 +440,48 @@ class PPO:
         return batch, stats
 
     def update(self, batch: Batch) -> dict[str, float]:
-        """``ppo_epochs`` passes of clipped PPO over shuffled mini-batches of ``batch``."""
+        """``ppo_epochs`` passes of clipped PPO over shuffled mini-batches of ``batch``.
+
+        Each mini-batch's statistics are token-weighted means over its micro-batches (its ratio's
+        maximum, the maximum), so the ratio guard and the target-KL stop see the mini-batch's own
+        figures however its tokens fall into micro-batches. As in SB3, the target-KL stop is checked
+        before each step: once a mini-batch has moved more than ``1.5 * target_kl`` from the rollout
+        policy, the iteration ends without that step.
+        """
         cfg = self.config
         # Dropout stays off, as in the rollout: before the first step the ratio must be exactly 1.
         self.policy.eval()
-        totals: dict[str, list[float]] = {}
-        skipped = 0
+        logged: list[tuple[dict[str, float], float]] = []  # each stepped mini-batch's statistics, its tokens
+        skipped = steps = 0
+        stop = False
         for epoch in range(cfg.ppo_epochs):
-            epoch_kl = []
+            self._show_phase(f"update {epoch + 1}/{cfg.ppo_epochs}")
             order = torch.randperm(len(batch.tokens), generator=self.shuffle_generator).to(self.device)
             for mini in order.split(cfg.mini_batch_size):
                 self.optimizer.zero_grad(set_to_none=True)
                 tokens = batch.mask[mini].sum()  # each micro-batch's token mean weighs by its share of these
+                shares = [batch.mask[micro].sum() / tokens for micro in mini.split(cfg.micro_batch_size)]
                 micro_stats = [
-                    self._backward(batch.rows(micro), batch.mask[micro].sum() / tokens, with_entropy=epoch == 0)
-                    for micro in mini.split(cfg.micro_batch_size)
+                    self._backward(batch.rows(micro), share, with_entropy=epoch == 0)
+                    for micro, share in zip(mini.split(cfg.micro_batch_size), shares)
                 ]
-                ratio_mean = float(np.mean([s["ratio_mean"] for s in micro_stats]))
-                if ratio_mean > cfg.ratio_threshold:
+                stats = _weighted_mean(micro_stats, [float(share) for share in shares])
+                if cfg.target_kl is not None and stats["approx_kl"] > 1.5 * cfg.target_kl:
+                    stop = True  # the policy moved far enough from the rollout's
+                    break
+                if stats["ratio_mean"] > cfg.ratio_threshold:
                     skipped += 1  # a policy this far from the rollout's: skip rather than step
                     continue
-                grad_norm = self._step()
-                for s in micro_stats:
-                    for key, value in s.items():
-                        totals.setdefault(key, []).append(value)
-                totals.setdefault("grad_norm", []).append(grad_norm)
-                epoch_kl += [s["approx_kl"] for s in micro_stats]
-            if cfg.target_kl is not None and epoch_kl and np.mean(epoch_kl) > 1.5 * cfg.target_kl:
-                break  # early stop: the policy moved far enough from the rollout's
-        stats = {f"losses/{k}": float(np.mean(v)) for k, v in totals.items()}
+                stats["grad_norm"] = self._step()
+                steps += 1
+                logged.append((stats, float(tokens)))
+            if stop:
+                break
+        stats = {f"losses/{k}": v for k, v in _weighted_mean(*zip(*logged)).items()} if logged else {}
         stats["losses/skipped_minibatches"] = float(skipped)
+        stats["losses/optimizer_steps"] = float(steps)
         stats["losses/epochs"] = float(epoch + 1)
+        stats["losses/early_stopped"] = float(stop)
         return stats
 
     def _backward(self, mb: Batch, weight: torch.Tensor | float = 1.0, with_entropy: bool = True) -> dict[str, float]:
@@ -530,14 +567,15 @@ class PPO:
 
     # ------------------------------------------------------------ using the policy
 
-    def evaluate(self, prompts: list[str], *, temperature: float | None = None, seed: int = 0) -> Episodes:
+    def evaluate(self, prompts: str | list[str], *, temperature: float | None = None, seed: int = 0) -> Episodes:
         """Sample one completion per prompt with the current policy and score it with the env's rewards.
 
         Args:
-            prompts: the prompts.
+            prompts: the prompts (one string is one prompt).
             temperature: sampling temperature (0: greedy); the training one by default.
             seed: seeds the sampling, so two evaluations compare like with like.
         """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         env = TextGenVectorEnv(len(prompts), task=self.task, device=self.device, autoreset_mode="Disabled")
         sampling = self.sampling if temperature is None else dataclasses.replace(self.sampling, temperature=temperature)
         self.policy.eval()
@@ -548,9 +586,52 @@ class PPO:
         finally:
             self.task.rewards.load_state_dict(reward_stats)
 
-    def generate(self, prompts: list[str], *, temperature: float | None = None, seed: int = 0) -> list[str]:
-        """The policy's completions of ``prompts``."""
-        return self.evaluate(prompts, temperature=temperature, seed=seed).completions
+    def generate(self, prompts: str | list[str], *, temperature: float | None = None, seed: int = 0) -> str | list[str]:
+        """The policy's completion of one prompt (a string), or of each of a list of prompts (a list)."""
+        completions = self.evaluate(prompts, temperature=temperature, seed=seed).completions
+        return completions[0] if isinstance(prompts, str) else completions
+
+    @torch.no_grad()
+    def predict(
+        self,
+        observation: dict[str, Any],
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, None]:
+        """The next token for a single env's observation, or a batch of them: SB3's ``predict``, so
+        ``stable_baselines3.common.evaluation.evaluate_policy`` runs on ``textenv/TextGen-v0``.
+
+        Each call runs the whole sequence through the model (no KV cache): for speed,
+        :meth:`generate` and :meth:`evaluate` sample in the batched env.
+
+        Args:
+            observation: ``{"input_ids", "attention_mask"}``, (L,) arrays or (N, L) batches.
+            state: unused (the policy has no recurrent state); SB3's signature.
+            episode_start: unused; SB3's signature.
+            deterministic: the most likely token instead of a sample at the training temperature
+                (drawn from torch's global random stream, as SB3's policies do).
+
+        Returns:
+            The actions, () or (N,) int64, and None (no recurrent state).
+        """
+        ids = torch.as_tensor(np.asarray(observation["input_ids"]), device=self.device)
+        mask = torch.as_tensor(np.asarray(observation["attention_mask"]), device=self.device)
+        single = ids.dim() == 1
+        ids, mask = (ids[None], mask[None]) if single else (ids, mask)  # (N, L) each
+        self.policy.eval()
+        with autocast(self.device, self.bf16):
+            logits = self.policy.lm(
+                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False
+            ).logits  # (N, L, V')
+        last = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)  # (N,) the last real token of each row
+        logits = self._scaled(logits[torch.arange(len(ids), device=self.device), last].float())  # (N, V)
+        if deterministic:
+            actions = logits.argmax(-1)  # (N,)
+        else:
+            actions = torch.multinomial(torch.softmax(logits, -1), 1).squeeze(1)  # (N,)
+        actions = actions.cpu().numpy()
+        return (actions[0] if single else actions), None
 
     # -------------------------------------------------------------- checkpoints
 
@@ -560,8 +641,15 @@ class PPO:
         RNG states and counters. ``PPO.load(path, env)`` continues the same run."""
         return self.save_checkpoint(Path(path))
 
-    def save_checkpoint(self, path: str | Path | None = None) -> Path:
-        """Write a checkpoint (by default ``run_dir/checkpoints/iter_NNNNNN``) atomically."""
+    def save_checkpoint(self, path: str | Path | None = None, *, optimizer: bool = True) -> Path:
+        """Write a checkpoint (by default ``run_dir/checkpoints/iter_NNNNNN``) atomically.
+
+        Args:
+            path: where; by default ``run_dir/checkpoints/iter_NNNNNN``.
+            optimizer: also write Adam's state (about twice the weights' size). Without it the
+                checkpoint is weights-only: a resume from it starts Adam's moments afresh, so its
+                first steps differ from those of the run that never stopped.
+        """
         if path is None:
             if not self.run:
                 raise ValueError("no run_dir: give save_checkpoint a path")
@@ -570,7 +658,8 @@ class PPO:
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        self.policy.lm.save_pretrained(tmp / "model")
+        with _quiet_transformers_bars():  # "Writing model shards" would break our bar's line
+            self.policy.lm.save_pretrained(tmp / "model")
         if hasattr(self.task.tokenizer, "save_pretrained"):
             self.task.tokenizer.save_pretrained(tmp / "model")
         heads, stored = {}, set()
@@ -582,8 +671,10 @@ class PPO:
         if heads:
             save_file(heads, tmp / "value.safetensors")
         if self.reference is not None and not self.reference_is_env_model:  # e.g. PPO(env, model=sft_model)
-            self.reference.save_pretrained(tmp / "reference")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            with _quiet_transformers_bars():
+                self.reference.save_pretrained(tmp / "reference")
+        if optimizer:
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(self._torch_rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=1))
         if path.exists():
@@ -660,15 +751,19 @@ class PPO:
         agent._setup(env, model, reference, reference_is_env_model=not saved_reference)
         if (path / "value.safetensors").exists():
             agent.policy.load_state_dict(load_file(path / "value.safetensors", device=str(device)), strict=False)
-        optimizer_state = torch.load(path / "optimizer.pt", weights_only=True, map_location=device)
-        groups, expected = len(optimizer_state["param_groups"]), len(agent.optimizer.param_groups)
-        if groups != expected:
-            raise ValueError(
-                f"{path / 'optimizer.pt'} holds {groups} parameter group(s) where this agent has {expected} "
-                "(the policy's, and the critic's with a value head): the checkpoint was written by an older "
-                "textenv or for another advantage; load its weights as a model instead (model/ inside it)"
-            )
-        agent.optimizer.load_state_dict(optimizer_state)
+        if (path / "optimizer.pt").exists():
+            optimizer_state = torch.load(path / "optimizer.pt", weights_only=True, map_location=device)
+            groups, expected = len(optimizer_state["param_groups"]), len(agent.optimizer.param_groups)
+            if groups != expected:
+                raise ValueError(
+                    f"{path / 'optimizer.pt'} holds {groups} parameter group(s) where this agent has {expected} "
+                    "(the policy's, and the critic's with a value head): the checkpoint was written by an older "
+                    "textenv or for another advantage; load its weights as a model instead (model/ inside it)"
+                )
+            agent.optimizer.load_state_dict(optimizer_state)
+        else:  # a weights-only checkpoint (save_optimizer=False)
+            warnings.warn(f"{path} holds no optimizer.pt (a weights-only checkpoint): Adam's moments start afresh",
+                          stacklevel=2)
         for group, lr in zip(agent.optimizer.param_groups, agent.initial_learning_rates):  # the config's, overrides
             group["lr"], group["eps"] = lr, agent.config.adam_eps  # included (annealing rescales from these)
         agent._set_torch_rng_state(torch.load(path / "rng.pt", weights_only=True))
@@ -688,6 +783,46 @@ class PPO:
         if self.config.progress:
             for p, c, r in zip(episodes.prompts[:n], episodes.completions[:n], episodes.rewards[:n]):
                 tqdm.write(f"  [{r:+.2f}] {p}\u27e6{c.strip()[:100]}\u27e7")
+
+
+@contextlib.contextmanager
+def _quiet_transformers_bars() -> Iterator[None]:
+    """Turn transformers' own progress bars off for a while, as they were before."""
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _callbacks(callback: Any) -> list[IterationCallback]:
+    """``learn``'s callback argument as a list, refusing what it cannot call."""
+    callbacks = [] if callback is None else [callback] if not isinstance(callback, (list, tuple)) else list(callback)
+    for cb in callbacks:
+        if isinstance(cb, BaseCallback) or not callable(cb):
+            raise TypeError(
+                f"learn(callback=...) takes callables called as callback(agent, stats) after each iteration "
+                f"(return False to stop), or a list of them; got {type(cb).__name__}"
+                + (" (an SB3 BaseCallback needs an SB3 algorithm: wrap it in a function)"
+                   if isinstance(cb, BaseCallback) else "")
+            )
+    return callbacks
+
+
+def _weighted_mean(stats: Sequence[dict[str, float]], weights: Sequence[float]) -> dict[str, float]:
+    """Weighted means of each key of ``stats`` (maxima for ``*_max`` keys); a key missing from some dicts
+    (the entropy, logged in the first epoch only) is averaged over the dicts that have it."""
+    keys = dict.fromkeys(k for s in stats for k in s)
+    out = {}
+    for key in keys:
+        pairs = [(s[key], w) for s, w in zip(stats, weights) if key in s]
+        if key.endswith("_max"):
+            out[key] = max(v for v, _ in pairs)
+        else:
+            out[key] = sum(v * w for v, w in pairs) / max(sum(w for _, w in pairs), 1e-12)
+    return out
 
 
 def without_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -70,7 +70,9 @@ class PPOConfig:
     """Weight of an entropy bonus in the loss (SB3's ``ent_coef``): keeps the policy from sharpening where
     the reward does not ask it to."""
     whiten_advantages: bool = True
-    """Normalize advantages to zero mean, unit variance over the batch's tokens."""
+    """GAE: normalize advantages to zero mean, unit variance over the batch's tokens. ``rloo``/``grpo``: divide
+    the sequences' advantages by their standard deviation over the batch, without a shift, so each keeps its
+    sign and an all-equal group its zero (each group's advantages already sum to 0)."""
     ratio_threshold: float = 10.0
     """Skip a mini-batch whose mean policy ratio exceeds this (a guard against blow-ups; inf: no guard)."""
     target_kl: float | None = None
