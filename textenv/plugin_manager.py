@@ -10,7 +10,6 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.metadata
-import inspect
 import os
 import types
 from collections.abc import Callable, Iterable, Mapping
@@ -19,7 +18,7 @@ from typing import Any
 import pluggy
 
 from textenv import hookspecs
-from textenv.rewards import RewardError, RewardSource
+from textenv.rewards import RewardError, RewardSource, definition_site
 
 ENTRY_POINT_GROUP = "textenv"
 AUTOLOAD_ENV = "TEXTENV_DISABLE_PLUGIN_AUTOLOAD"
@@ -249,11 +248,7 @@ def reward(fn: Callable | None = None, *, name: str | None = None, description: 
 
     def register(fn: Callable) -> Callable:
         source_name = name or fn.__name__
-        try:
-            where = f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
-        except (OSError, TypeError):
-            where = getattr(fn, "__module__", "?")
-        source = RewardSource(source_name, fn, description, origin=f"script {where}")
+        source = RewardSource(source_name, fn, description, origin=f"script {definition_site(fn)}")
         plugin = types.SimpleNamespace(textenv_reward_sources=hookimpl(lambda: [source]))
         pm = get_plugin_manager()
         plugin_name = f"script:{source_name}"

@@ -16,6 +16,10 @@ plus any options given in the reward spec (``length(target=20)`` calls it with
 (TAMER, shaping), one sequence per completion with one float per token of
 ``completion_ids``.
 
+A function taking ``**kwargs`` gets every context argument, so TRL's
+``fn(prompts, completions, **kwargs)`` works as it is; such functions may be given in
+a spec directly (``reward=[fn, "sentiment"]``), each term named by its ``__name__``.
+
 The pipeline calls every source of a spec once per batch, checks what each returns
 (count, NaN/inf, exceptions: each error names the source and the offending item),
 applies per-term running normalization, clipping and weights, and keeps every term
@@ -93,18 +97,44 @@ class RewardSource:
         return call
 
 
+def function_source(fn: Callable[..., Any], name: str | None = None) -> RewardSource:
+    """A reward function as a source: the one ``@textenv.reward`` made for it, or a new one named ``name``.
+
+    Args:
+        fn: the scoring function.
+        name: the source name; ``fn.__name__`` by default.
+    """
+    made = getattr(fn, "reward_source", None)
+    if isinstance(made, RewardSource) and made.fn is fn:
+        return made
+    return RewardSource(name or _function_name(fn), fn, origin=f"function {definition_site(fn)}")
+
+
+def definition_site(fn: Callable[..., Any]) -> str:
+    """Where a function was defined, for error messages: ``FILE:LINE``, or its module without a source file."""
+    try:
+        return f"{inspect.getsourcefile(fn)}:{inspect.getsourcelines(fn)[1]}"
+    except (OSError, TypeError):
+        return getattr(fn, "__module__", None) or "?"
+
+
 # --------------------------------------------------------------------------- specs
 
 
 @dataclass(frozen=True)
 class TermSpec:
-    """One term of a reward spec: ``weight * name(**options)``."""
+    """One term of a reward spec: ``weight * name(**options)``.
+
+    ``fn`` is set where the spec gave a function instead of a source name; ``name`` is then
+    the function's ``__name__``.
+    """
 
     name: str
     weight: float = 1.0
     normalize: bool = False
     clip: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    fn: Callable[..., Any] | None = None
 
 
 _TERM_RE = re.compile(
@@ -120,7 +150,10 @@ def parse_reward_spec(spec: Any) -> list[TermSpec]:
     Accepted forms:
         * ``"sentiment + 0.5*length(target=20) - repetition"``;
         * ``{"sentiment": 1.0, "length": {"weight": 0.5, "target": 20}}``;
-        * ``["sentiment", {"source": "length", "weight": 0.5, "target": 20}]``.
+        * ``["sentiment", {"source": "length", "weight": 0.5, "target": 20}]``;
+        * a function, or functions among the list items, as TRL takes reward functions:
+          ``fn``, ``[fn, "sentiment"]``, ``{"source": fn, "weight": 0.5}``. The term is named
+          by the function's ``__name__``, so it must have one (``def``, not ``lambda``).
 
     Per-term keys ``weight``, ``normalize`` (running mean/std) and ``clip`` (symmetric
     bound, applied after normalization) are ours; every other key is an option of
@@ -131,6 +164,8 @@ def parse_reward_spec(spec: Any) -> list[TermSpec]:
     """
     if isinstance(spec, str):
         return [_parse_term(sign, text) for sign, text in _split_terms(spec)]
+    if callable(spec):
+        return [TermSpec(name=_function_name(spec), fn=spec)]
     if isinstance(spec, Mapping):
         return [_term_from_mapping(name, value) for name, value in spec.items()]
     if isinstance(spec, Sequence):
@@ -138,15 +173,39 @@ def parse_reward_spec(spec: Any) -> list[TermSpec]:
         for item in spec:
             if isinstance(item, str):
                 terms.extend(parse_reward_spec(item))
+            elif callable(item):
+                terms.append(TermSpec(name=_function_name(item), fn=item))
             elif isinstance(item, Mapping) and "source" in item:
                 item = dict(item)
                 terms.append(_term_from_mapping(item.pop("source"), item))
             else:
                 raise RewardError(
-                    f"reward spec list items are names or dicts with a 'source' key, got {item!r}"
+                    f"reward spec list items are names or dicts with a 'source' key, or functions, got {item!r}"
                 )
         return terms
-    raise RewardError(f"a reward spec is a string, dict or list, got {type(spec).__name__}")
+    raise RewardError(f"a reward spec is a string, dict or list, or a function, got {type(spec).__name__}")
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
+    """The term name of a reward function given in a spec: its ``__name__`` (or the name ``@textenv.reward`` gave it).
+
+    A lambda is refused rather than numbered (``lambda_0``): the name keys the term in
+    ``info["reward_terms"]``, the logs and the checkpointed normalization statistics, and a
+    position-based name would move to another function when the list changes.
+
+    Raises:
+        RewardError: the function has no usable name (a lambda, a partial, a callable object).
+    """
+    made = getattr(fn, "reward_source", None)
+    if isinstance(made, RewardSource) and made.fn is fn:
+        return made.name
+    name = getattr(fn, "__name__", None)
+    if not (isinstance(name, str) and name.isidentifier()):
+        raise RewardError(
+            f"reward function {fn!r} has no name to key its term by: define it with def "
+            "(the name labels the term in info['reward_terms'], logs and checkpoints)"
+        )
+    return name
 
 
 def _split_terms(spec: str) -> list[tuple[float, str]]:
@@ -252,9 +311,11 @@ class _BareWordsAsStrings(ast.NodeTransformer):
         return ast.copy_location(ast.Constant(node.id), node)
 
 
-def _term_from_mapping(name: str, value: Any) -> TermSpec:
+def _term_from_mapping(name: str | Callable[..., Any], value: Any) -> TermSpec:
+    fn = name if callable(name) else None
+    name = _function_name(fn) if fn is not None else name
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return TermSpec(name=name, weight=float(value))
+        return TermSpec(name=name, weight=float(value), fn=fn)
     if isinstance(value, Mapping):
         options = dict(value)
         return TermSpec(
@@ -263,6 +324,7 @@ def _term_from_mapping(name: str, value: Any) -> TermSpec:
             normalize=_term_normalize(name, options.pop("normalize", False)),
             clip=_term_clip(name, options.pop("clip", None)),
             options=options,
+            fn=fn,
         )
     raise RewardError(f"reward term {name!r}: expected a weight or a dict of options, got {value!r}")
 
@@ -400,7 +462,10 @@ class RewardPipeline:
         pm = plugin_manager or get_plugin_manager()
         terms: list[RewardTerm] = []
         for term_spec in parse_reward_spec(spec):
-            source = pm.get_reward_source(term_spec.name)
+            if term_spec.fn is not None:
+                source = function_source(term_spec.fn, term_spec.name)
+            else:
+                source = pm.get_reward_source(term_spec.name)
             key = term_spec.name
             while any(t.key == key for t in terms):
                 key += "'"
