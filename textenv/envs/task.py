@@ -2,13 +2,15 @@
 
 It holds what does not change between episodes: the tokenizer, the prompts encoded
 once into a left-padded bank, the sizes, the spaces and the reward pipeline.
+Conversational prompts are rendered to text with the chat template here, once: from
+then on the rendered text is the prompt (in observations, ``info`` and reward sources).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from gymnasium import spaces
 
 from textenv.models import DEFAULT_MODEL, load_tokenizer
-from textenv.prompts import PromptError, load_prompts
+from textenv.prompts import Conversation, PromptError, load_prompts, render_prompts
 from textenv.rewards import RewardPipeline
 
 DEFAULT_PROMPTS = "movie-reviews"
@@ -30,7 +32,7 @@ class TextTask:
     Attributes:
         model_name: the model the tokenizer came from (the agent loads the same), or None.
         tokenizer: a transformers tokenizer.
-        prompts: the prompt texts.
+        prompts: the prompt texts (conversations rendered with the chat template).
         prompt_ids: (K, P) the prompts' token ids, left-padded with ``pad_id``.
         prompt_mask: (K, P) 1 where ``prompt_ids`` holds a real token.
         max_new_tokens: T, the length limit of a completion.
@@ -38,7 +40,8 @@ class TextTask:
         eos_ids: the token ids that end an episode (terminated).
         pad_id: the id written where there is no token.
         rewards: the reward pipeline.
-        chat_template: whether prompts were wrapped in the tokenizer's chat template.
+        chat_template: whether string prompts are wrapped in the tokenizer's chat template.
+        templated: the prompts rendered from conversations, which :meth:`encode` never wraps again.
     """
 
     model_name: str | None
@@ -52,6 +55,7 @@ class TextTask:
     pad_id: int
     rewards: RewardPipeline
     chat_template: bool
+    templated: frozenset[str] = field(default_factory=frozenset)
 
     @classmethod
     def build(
@@ -59,7 +63,7 @@ class TextTask:
         *,
         model: str | None = DEFAULT_MODEL,
         tokenizer: Any = None,
-        prompts: str | Sequence[str] = DEFAULT_PROMPTS,
+        prompts: str | Sequence[str | Conversation] | Any = DEFAULT_PROMPTS,
         max_new_tokens: int = 32,
         max_prompt_tokens: int | None = None,
         reward: Any = DEFAULT_REWARD,
@@ -74,12 +78,15 @@ class TextTask:
             model: local path, hub id or ``"smollm2-135m"``; its tokenizer is used
                 unless ``tokenizer`` is given.
             tokenizer: a ready tokenizer object (overrides ``model`` for tokenizing).
-            prompts: a list of strings, a ``.txt``/``.jsonl`` file or a prompt-set name.
+            prompts: a list of strings or of conversations (TRL's ``[{"role": "user",
+                "content": "..."}]``, rendered with the chat template), a ``.txt``/``.jsonl``
+                file, a prompt-set name, or a ``datasets.Dataset`` with a ``prompt`` column.
             max_new_tokens: the completion length limit (truncated past it).
             max_prompt_tokens: the prompt width P; by default the longest prompt's. Longer
                 prompts keep their last P tokens, with a warning.
-            reward: the reward spec (``"sentiment + 0.5*length"``, a dict or a list).
-            chat_template: wrap each prompt as a user turn of the tokenizer's chat template.
+            reward: the reward spec (``"sentiment + 0.5*length"``, a dict or a list), or
+                reward functions as TRL takes them (``fn`` or ``[fn, "sentiment"]``).
+            chat_template: wrap each string prompt as a user turn of the tokenizer's chat template.
             eos_token_ids: the ids that end an episode; the tokenizer's EOS by default.
             vocab_size: the action-space size; ``len(tokenizer)`` by default.
             plugin_manager: where reward sources and prompt sets are looked up.
@@ -92,7 +99,11 @@ class TextTask:
             if model is None:
                 raise ValueError("give model= (a name or path) or tokenizer=")
             tokenizer = load_tokenizer(model)
-        texts = load_prompts(prompts, plugin_manager)
+        if chat_template and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"chat_template=True needs a tokenizer with a chat template; {type(tokenizer).__name__} "
+                             "has none")
+        items = load_prompts(prompts, plugin_manager)
+        texts = render_prompts(items, tokenizer)
         rewards = RewardPipeline.from_spec(reward, plugin_manager)
         eos = list(eos_token_ids) if eos_token_ids is not None else [tokenizer.eos_token_id]
         if any(e is None for e in eos):
@@ -110,6 +121,7 @@ class TextTask:
             pad_id=pad_id,
             rewards=rewards,
             chat_template=chat_template,
+            templated=frozenset(t for t, item in zip(texts, items) if not isinstance(item, str)),
         )
         task.prompt_ids, task.prompt_mask = task.encode(texts, width=max_prompt_tokens)
         return task
@@ -137,7 +149,7 @@ class TextTask:
         """
         if self.chat_template:
             texts = [
-                self.tokenizer.apply_chat_template(
+                t if t in self.templated else self.tokenizer.apply_chat_template(
                     [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
                 )
                 for t in texts

@@ -29,7 +29,10 @@ class TextGenEnv(gym.Env):
     Options are those of :meth:`textenv.envs.task.TextTask.build`: ``model``,
     ``tokenizer``, ``prompts``, ``max_new_tokens``, ``max_prompt_tokens``,
     ``reward``, ``chat_template``, ``eos_token_ids``, ``vocab_size``,
-    ``plugin_manager``.
+    ``plugin_manager``. As in TRL, ``reward`` may be a function or a list mixing
+    functions and source names (``reward=[fn, "sentiment"]``), and ``prompts`` a
+    ``datasets.Dataset`` (its ``prompt`` column) or conversations, rendered with the
+    tokenizer's chat template.
     """
 
     metadata = {"render_modes": ["ansi", "human"], "render_fps": 4}
