@@ -385,13 +385,16 @@ class PPO:
         if self.reference is not None:
             ref_logprobs = torch.zeros_like(mask)
         self.policy.eval()
+        policy_time = 0.0  # what the recomputation costs (on a GPU, without a sync: only roughly)
         for rows in torch.arange(len(tokens), device=self.device).split(cfg.micro_batch_size):
             ids, att = input_ids[rows], attention[rows]  # (b, L') each
+            start = time.perf_counter()
             with autocast(self.device, self.bf16):
                 logits, row_values = self.policy(ids, att, t, values=cfg.uses_value_head)  # (b, T, V), (b, T)
             logprobs[rows] = self._token_logprobs(logits, tokens[rows]) * mask[rows]
             if row_values is not None:
                 values[rows] = row_values * mask[rows]
+            policy_time += time.perf_counter() - start
             if self.reference is None:
                 continue
             with autocast(self.device, self.bf16):
@@ -433,6 +436,7 @@ class PPO:
             "objective/kl_coef": float(self.kl_ctl.value),
             "objective/scores": float(scores.mean()),
             "objective/logprobs": float(masked_mean(logprobs, mask)),
+            "perf/time_policy_forward": policy_time,
         }
         self.kl_ctl.update(episode_kl, len(tokens))
         batch = Batch(input_ids, attention, tokens, mask, logprobs, values, advantages, returns,

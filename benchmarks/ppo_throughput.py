@@ -76,6 +76,7 @@ def run_ours(mode: str, precision: str, steps: int, warmup: int, keep_cpu_memory
                 "s_per_step": wall, "tokens_per_s": tokens / wall,
                 "generation": stats["perf/time_rollout"] - timed.seconds, "reward": timed.seconds,
                 "forward": stats["perf/time_prepare"], "update": stats["perf/time_update"],
+                "old_logprobs": stats["perf/time_policy_forward"],  # the batched recomputation, within forward
                 "mean_reward": stats["charts/episodic_return"], "page_faults_k": faults / 1000,
             })
     return {
@@ -112,7 +113,8 @@ def child(cmd: list[str], label: str, env: dict[str, str] | None = None) -> dict
 
 
 def table(results: list[dict]) -> None:
-    keys = ["s_per_step", "tokens_per_s", "generation", "reward", "forward", "update", "peak_rss_mb", "mean_reward"]
+    keys = ["s_per_step", "tokens_per_s", "generation", "reward", "forward", "old_logprobs", "update", "peak_rss_mb",
+            "mean_reward"]
     print(f"\n{'system':<30}{'precision':<10}" + "".join(f"{k:>13}" for k in keys))
     for r in results:
         cells = "".join(f"{r.get(k, float('nan')):>13.2f}" for k in keys)
