@@ -91,7 +91,7 @@ class PPOConfig:
     """Per-token estimator of KL(policy || reference), with p the policy's and q the reference's probability of
     the sampled token and r = q/p: k1 = log p - log q; k2 = (log p - log q)^2 / 2; k3 = (r - 1) - log r;
     full = the exact KL summed over the vocabulary (in the loss only: it keeps the reference's whole
-    distribution, B x T x V in bf16, for the update; as a per-token reward it would not depend on the sampled
+    distribution, B x T x V in fp32, for the update; as a per-token reward it would not depend on the sampled
     token, and a run with it ran away to 20 nats). In the reward each is a value; in the loss (``kl_in_loss``)
     its gradient is what acts: see there. None: k1 in the reward, k2 in the loss."""
     kl_in_loss: bool = False

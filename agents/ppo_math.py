@@ -271,6 +271,10 @@ def kl_penalty(
     * ``"k3"``: (exp(log_ratio) - 1) - log_ratio. Unbiased and always >= 0.
     * ``"abs"``: |logp - ref|.
 
+    As values (a reward) k1 and k3 are unbiased for KL(policy || reference). As losses, what
+    acts is the expected gradient through ``logprobs``: k2's is exactly the gradient of
+    KL(policy || reference), k3's that of the reverse KL(reference || policy), k1's is zero.
+
     Args:
         logprobs: (B, T) log-probabilities of the sampled tokens under the policy.
         ref_logprobs: (B, T) the same under the reference model.
