@@ -1,18 +1,11 @@
-"""The policy: a causal LM with a scalar value head, and the device/precision helpers."""
+"""The policy: a causal LM with a scalar value head, and the frozen copy PPO measures its KL against."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import ctypes
-import functools
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
-
-from textenv.models import default_device
 
 
 class ActorCritic(nn.Module):
@@ -82,80 +75,3 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     ref = copy.deepcopy(model).eval()
     ref.requires_grad_(False)
     return ref
-
-
-def store_linear_weights_in_bf16(model: nn.Module) -> None:
-    """Keep a frozen model's Linear weights in bf16, for a model that only runs under bf16 autocast.
-
-    Autocast casts every fp32 Linear weight to bf16 at each forward. A weight stored in bf16 is
-    the same matmul operand (both round to nearest even), without the cast and at half the
-    memory. The input embedding, the norms, and an output head tied to the input embedding
-    stay fp32, so the residual stream is what it was.
-    """
-    tied = model.get_input_embeddings().weight
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and module.weight is not tied:
-            module.to(torch.bfloat16)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` means CUDA when there is one, else the CPU."""
-    if device == "auto":
-        return default_device()
-    return torch.device(device)
-
-
-_M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
-_M_MMAP_MAX = -4
-
-
-@functools.cache
-def keep_freed_cpu_memory() -> bool:
-    """Have glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
-
-    By default glibc serves blocks above its mmap threshold (at most 32 MB) from fresh
-    ``mmap`` pages and unmaps them on free, so each PPO update's large temporaries
-    (weight casts, logits, gradients) are page-faulted in and zeroed by the kernel
-    again: 1.5 million faults per step of SmolLM2, and a fifth of the step. With no
-    mmap and no trimming the heap keeps those pages and the next update reuses them.
-    The process then holds its peak memory until it exits. Process-wide; set once.
-
-    Returns:
-        Whether the setting took (False off Linux/glibc, e.g. musl or macOS).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt  # the process's own C library
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-
-
-@functools.cache
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AVX512-BF16 or AMX, where bf16 matmuls beat fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def use_bf16(device: torch.device, precision: str) -> bool:
-    """Whether to autocast to bf16 for this device and precision setting."""
-    if precision == "fp32":
-        return False
-    if precision == "bf16":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and cpu_has_fast_bf16()
-
-
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast on the device (fp32 master weights), or nothing."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)

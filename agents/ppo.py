@@ -30,15 +30,7 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from textenv.agents.policy import (
-    ActorCritic,
-    autocast,
-    frozen_copy,
-    keep_freed_cpu_memory,
-    resolve_device,
-    store_linear_weights_in_bf16,
-    use_bf16,
-)
+from textenv.agents.policy import ActorCritic, frozen_copy
 from textenv.agents.ppo_config import PPOConfig
 from textenv.agents.ppo_math import (
     AdaptiveKLController,
@@ -54,6 +46,13 @@ from textenv.agents.ppo_math import (
     value_loss,
 )
 from textenv.agents.run_log import RunLog, plot_reward_curve
+from textenv.devices import (
+    autocast,
+    keep_freed_cpu_memory,
+    resolve_device,
+    store_linear_weights_in_bf16,
+    use_bf16,
+)
 from textenv.envs.task import TextTask
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 from textenv.generation import Episodes, SamplingConfig, generate_episodes

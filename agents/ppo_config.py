@@ -133,7 +133,7 @@ class PPOConfig:
     fp32 master weights."""
     keep_cpu_memory: bool = True
     """On a CPU under glibc, keep freed memory in the process for reuse (see
-    :func:`textenv.agents.policy.keep_freed_cpu_memory`): about 20 % faster steps, at the price of holding
+    :func:`textenv.devices.keep_freed_cpu_memory`): about 20 % faster steps, at the price of holding
     the peak memory until the process exits. Process-wide."""
     seed: int = 0
     """Seeds prompt draws, sampling and the mini-batch order."""

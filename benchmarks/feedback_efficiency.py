@@ -110,7 +110,7 @@ def _evaluator(agent: PPO, args: argparse.Namespace):
     """
     import torch
 
-    from textenv.agents.policy import autocast
+    from textenv.devices import autocast
     from textenv.envs.text_gen_vector import TextGenVectorEnv
     from textenv.generation import generate_episodes
 

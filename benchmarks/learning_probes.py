@@ -50,9 +50,9 @@ from learning_curve import evaluate_final_policy, print_windows
 import textenv  # noqa: F401  (registers the env)
 import textenv.agents.ppo as ppo_module
 from textenv.agents import PPO
-from textenv.agents.policy import autocast
 from textenv.agents.ppo import without_left_padding
 from textenv.agents.ppo_math import compute_gae, masked_mean, masked_whiten
+from textenv.devices import autocast
 
 VADER = "reward/sentiment_dense"
 

@@ -9,9 +9,10 @@ Run it::
 import argparse
 
 import textenv
+from textenv.devices import default_device
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 from textenv.generation import SamplingConfig, generate_episodes
-from textenv.models import default_device, load_causal_lm
+from textenv.models import load_causal_lm
 
 
 @textenv.reward

@@ -31,7 +31,7 @@ def get_reward_model(path: str | Path, device: str | torch.device | None = None)
 
     Args:
         path: a directory written by ``textenv rm train`` / ``train_reward_model``.
-        device: where it runs; None picks :func:`textenv.models.default_device`.
+        device: where it runs; None picks :func:`textenv.devices.default_device`.
 
     Returns:
         A :class:`textenv.reward_model.RewardModel`.
@@ -39,7 +39,7 @@ def get_reward_model(path: str | Path, device: str | torch.device | None = None)
     Raises:
         RewardModelError: ``path`` holds no reward model.
     """
-    from textenv.models import default_device
+    from textenv.devices import default_device
     from textenv.reward_model.model import METADATA_FILENAME
 
     resolved = Path(path).expanduser().resolve()

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from textenv.agents import PPO, PPOConfig, TrainingError
-from textenv.agents.policy import keep_freed_cpu_memory
 from textenv.agents.ppo_math import full_kl, masked_mean
+from textenv.devices import keep_freed_cpu_memory
 from textenv.envs import TextGenEnv
 
 PROMPTS = ["hello", "the movie was", "a", "once upon"]

@@ -272,9 +272,10 @@ def _plugins(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import torch
 
+    from textenv.devices import default_device
     from textenv.envs.text_gen_vector import TextGenVectorEnv
     from textenv.generation import SamplingConfig, generate_episodes
-    from textenv.models import default_device, load_causal_lm
+    from textenv.models import load_causal_lm
 
     device = torch.device(args.device) if args.device else default_device()
     print(f"loading {args.model} on {device} ...", flush=True)

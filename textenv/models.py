@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from textenv.devices import default_device
+
 DEFAULT_MODEL = "smollm2-135m"
 """Name of the packaged default model (SmolLM2-135M-Instruct)."""
 
@@ -194,11 +196,6 @@ def load_causal_lm(
     if dtype is not None:
         model = model.to(dtype)  # a no-op unless the checkpoint loader ignored `dtype`
     return model.to(device if device is not None else default_device()).eval()
-
-
-def default_device() -> torch.device:
-    """Return CUDA when it is available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def tiny_config():

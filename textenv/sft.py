@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import torch
 
+from textenv.devices import resolve_device, use_bf16
 from textenv.models import DEFAULT_MODEL, load_causal_lm, load_tokenizer
 
 METADATA_FILENAME = "textenv-sft.json"
@@ -343,8 +344,6 @@ def train_sft(
         SFTDataError: the demonstrations are unusable (see :func:`load_demonstrations`).
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
-
-    from textenv.agents.policy import resolve_device, use_bf16
 
     demos = load_demonstrations(data)
     tokenizer = load_tokenizer(model)

@@ -14,9 +14,10 @@ from textenv.feedback.terminal import KeyReader
 
 def run_labelling(args: argparse.Namespace) -> int:
     """Run labelling rounds until ``args.rounds`` are done or the person presses q."""
+    from textenv.devices import default_device
     from textenv.envs.text_gen_vector import TextGenVectorEnv
     from textenv.generation import SamplingConfig, generate_episodes
-    from textenv.models import default_device, load_causal_lm
+    from textenv.models import load_causal_lm
 
     # The terminal is checked before the model loads: no waiting to learn that stdin is a pipe.
     if args.mode == "tokens":

@@ -152,7 +152,7 @@ class RewardModel:
     ):
         if not members:
             raise RewardModelError("a reward model needs at least one member")
-        from textenv.models import default_device
+        from textenv.devices import default_device
 
         self.device = torch.device(device) if device is not None else default_device()
         self.members = [m.to(self.device).eval() for m in members]
