@@ -1,5 +1,6 @@
-"""The ``textenv`` command line: ``textenv plugins``, ``textenv demo``, and the commands of COMMAND_MODULES
-(``textenv train``, ``sft``, ``rm``, ``feedback``); helpers that turn config dataclasses into flags.
+"""The ``textenv`` command line: the core's ``textenv plugins`` and ``textenv demo``, and every plugin's
+commands (``textenv_add_commands``: the built-ins add ``train``, ``sft``, ``rm``, ``feedback``); helpers that
+turn config dataclasses into flags.
 
 Exit codes: 0 done, 2 a user's mistake (printed as one line), 130 interrupted, 1 anything else.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
-import importlib
 import inspect
 import json
 import re
@@ -24,21 +24,21 @@ from typing import Any, Literal
 
 from textenv.envs.task import DEFAULT_PROMPTS, DEFAULT_REWARD
 from textenv.models import DEFAULT_MODEL, ModelNotFoundError
-
-# Modules that keep their subcommands beside their feature. Each has
-# ``add_commands(sub)`` (adds its parsers, each with ``set_defaults(run=...)``) and
-# ``USER_ERRORS``, the exception types that main() prints as one clear line.
-COMMAND_MODULES: tuple[str, ...] = (
-    "textenv.train", "textenv.sft_cli", "textenv.reward_model.cli", "textenv.feedback.cli",
-)
+from textenv.plugin_manager import PluginError, PluginManager, get_plugin_manager
+from textenv.prompts import PromptError
+from textenv.rewards import RewardError
 
 
 class ConfigFileError(ValueError):
     """A ``--config`` file that cannot be read, or holds an unknown key or a value of the wrong kind."""
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, list[type[Exception]]]:
-    """The ``textenv`` parser with every command, and the exception types its commands raise for a user's mistake."""
+def build_parser(pm: PluginManager | None = None) -> tuple[argparse.ArgumentParser, tuple[type[Exception], ...]]:
+    """The ``textenv`` parser with every command, and the exception types its commands raise for a user's mistake.
+
+    Args:
+        pm: whose plugins add their commands; the process-wide manager by default.
+    """
     parser = argparse.ArgumentParser(
         prog="textenv",
         description="RLHF on text in a Gymnasium env. Exit status: 0 done, 2 a user's mistake (said in one line), "
@@ -61,25 +61,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, list[type[Exception]]]:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_demo)
 
-    user_errors: list[type[Exception]] = [ModelNotFoundError, ConfigFileError]
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(name)
-        module.add_commands(sub)
-        user_errors.extend(module.USER_ERRORS)
-    return parser, user_errors
+    plugin_errors = (pm or get_plugin_manager()).add_commands(sub)
+    return parser, (PluginError, PromptError, RewardError, ModelNotFoundError, ConfigFileError, *plugin_errors)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``textenv`` command."""
-    parser, user_errors = build_parser()
-    args = parser.parse_args(argv)
-    from textenv.plugin_manager import PluginError
-    from textenv.prompts import PromptError
-    from textenv.rewards import RewardError
-
+    user_errors: tuple[type[Exception], ...] = (PluginError,)  # a plugin that fails to load, until the parser is built
     try:
+        parser, user_errors = build_parser()
+        args = parser.parse_args(argv)
         return args.run(args) or 0
-    except (PluginError, PromptError, RewardError, *user_errors) as exc:
+    except user_errors as exc:
         print(f"textenv: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C during training, or one while loading
@@ -254,8 +247,6 @@ def read_config_file(path: str | Path, hints: dict[str, Any]) -> dict[str, Any]:
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from textenv.plugin_manager import get_plugin_manager
-
     pm = get_plugin_manager()
     sources = pm.reward_sources()
     width = max(map(len, sources))

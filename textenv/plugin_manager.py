@@ -1,14 +1,15 @@
 """The plugin manager: built-in plugins, entry points, and reward functions from scripts.
 
-Built-ins register through the same manager as third-party plugins (pytest's way).
-Entry points in the group ``textenv`` load on first use unless
-``TEXTENV_DISABLE_PLUGIN_AUTOLOAD`` is set. A failing plugin is named in the error.
+Built-ins register through the same manager as third-party plugins (pytest's way). They are
+declared in textenv's own entry-point group ``textenv.builtins`` (its pyproject.toml) and always
+load, so the core names none of them: it imports no plugin and no agent. Entry points in the
+group ``textenv`` (third-party plugins) load on first use unless ``TEXTENV_DISABLE_PLUGIN_AUTOLOAD``
+is set. A failing plugin is named in the error.
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import importlib.metadata
 import os
 import types
@@ -22,16 +23,8 @@ from textenv.rewards import RewardError, RewardSource, definition_site
 
 ENTRY_POINT_GROUP = "textenv"
 AUTOLOAD_ENV = "TEXTENV_DISABLE_PLUGIN_AUTOLOAD"
-BUILTIN_PLUGINS = (
-    "textenv.plugins.sentiment",
-    "textenv.plugins.keyword",
-    "textenv.plugins.length",
-    "textenv.plugins.repetition",
-    "textenv.plugins.python_function",
-    "textenv.plugins.reward_model",
-    "textenv.plugins.prompt_sets",
-    "textenv.plugins.human",
-)
+BUILTIN_GROUP = "textenv.builtins"
+"""The entry-point group of textenv's own plugins, read from textenv's distribution only."""
 
 hookimpl = pluggy.HookimplMarker("textenv")
 
@@ -66,6 +59,24 @@ class PluginManager(pluggy.PluginManager):
             raise PluginError(f"plugin {name!r} ({origin}) is invalid: {exc}") from None
         self.origins[name] = origin
 
+    def load_builtins(self) -> None:
+        """Register textenv's own plugins: the entry points of its group ``textenv.builtins``, by name.
+
+        Each registers under its module's name (``textenv.plugins.sentiment``), its origin "built-in".
+
+        Raises:
+            PluginError: textenv is not installed (its metadata declares the built-ins).
+        """
+        try:
+            declared = importlib.metadata.distribution("textenv").entry_points.select(group=BUILTIN_GROUP)
+        except importlib.metadata.PackageNotFoundError:
+            raise PluginError(
+                "textenv's built-in plugins are declared in its installed metadata, and textenv is not "
+                "installed: pip install -e . (or make test) in its repository"
+            ) from None
+        for ep in sorted(declared, key=lambda ep: ep.name):
+            self.register_plugin(ep.load(), ep.value, "built-in")
+
     def load_entry_points(self) -> None:
         """Load every plugin declared in the ``textenv`` entry-point group.
 
@@ -88,10 +99,12 @@ class PluginManager(pluggy.PluginManager):
                 ) from exc
             self.register_plugin(plugin, name, origin)
 
-    def _call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        """Call a hook plugin by plugin, newest first, so a failure can name its plugin."""
+    def _call_each(self, hook_name: str, *, oldest_first: bool = False, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call a hook plugin by plugin, newest first (pluggy's order) unless ``oldest_first``,
+        so a failure can name its plugin."""
         results = []
-        for impl in getattr(self.hook, hook_name).get_hookimpls()[::-1]:
+        impls = getattr(self.hook, hook_name).get_hookimpls()
+        for impl in impls if oldest_first else impls[::-1]:
             try:
                 result = impl.function(*[kwargs[arg] for arg in impl.argnames])
             except RewardError:
@@ -159,6 +172,31 @@ class PluginManager(pluggy.PluginManager):
             + f". Known sources: {', '.join(sources)}; or python:MODULE:FUNCTION"
         )
 
+    def add_commands(self, subparsers: Any) -> tuple[type[Exception], ...]:
+        """Let every plugin add its subcommands to the ``textenv`` command line (``textenv_add_commands``).
+
+        The built-ins go first, in their declared order, so a third-party command whose name is taken
+        fails, named, and the ``--help`` list reads in registration order.
+
+        Returns:
+            The exception types the plugins name as a user's mistake.
+
+        Raises:
+            PluginError: a plugin failed (a command name already taken, say) or returned something that
+                is not a list of exception types.
+        """
+        user_errors: list[type[Exception]] = []
+        for plugin_name, listed in self._call_each("textenv_add_commands", oldest_first=True, subparsers=subparsers):
+            if not isinstance(listed, Iterable) or not all(
+                isinstance(error, type) and issubclass(error, Exception) for error in listed
+            ):
+                raise PluginError(
+                    f"plugin {plugin_name!r} ({self.origins.get(plugin_name, plugin_name)}) returned {listed!r} "
+                    "from textenv_add_commands; expected a list of exception types, or None"
+                )
+            user_errors.extend(listed)
+        return tuple(user_errors)
+
     def prompt_sets(self) -> dict[str, list[str]]:
         """Every named prompt set from every plugin.
 
@@ -204,13 +242,14 @@ def _with_origin(source: RewardSource, origin: str) -> RewardSource:
 def make_plugin_manager(*, autoload: bool | None = None) -> PluginManager:
     """A new manager with the built-in plugins and, unless disabled, the installed ones.
 
+    The built-ins load whatever ``autoload`` says: the switch is for third-party plugins.
+
     Args:
         autoload: load entry-point plugins; by default, unless the environment variable
             ``TEXTENV_DISABLE_PLUGIN_AUTOLOAD`` is set.
     """
     pm = PluginManager()
-    for module_name in BUILTIN_PLUGINS:
-        pm.register_plugin(importlib.import_module(module_name), module_name, "built-in")
+    pm.load_builtins()
     if autoload is None:
         autoload = not os.environ.get(AUTOLOAD_ENV)
     if autoload:

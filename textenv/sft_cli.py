@@ -6,15 +6,15 @@ import argparse
 import time
 
 from textenv.models import DEFAULT_MODEL
+from textenv.plugin_manager import hookimpl
 from textenv.sft import SFTConfig, SFTDataError, train_sft
 
-USER_ERRORS: tuple[type[Exception], ...] = (SFTDataError,)
 
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``textenv sft`` to the command line's subparsers."""
+@hookimpl
+def textenv_add_commands(subparsers):
+    """Add ``textenv sft`` to the command line."""
     defaults = SFTConfig()
-    p = sub.add_parser(
+    p = subparsers.add_parser(
         "sft",
         help="fine-tune a model on demonstrations (JSONL prompt, completion), loss on completions",
     )
@@ -41,6 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=defaults.precision)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.set_defaults(run=run_sft)
+    return [SFTDataError]
 
 
 def run_sft(args: argparse.Namespace) -> int:

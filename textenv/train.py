@@ -22,6 +22,7 @@ from textenv.cli import add_dataclass_arguments, read_config_file
 from textenv.envs.task import DEFAULT_PROMPTS
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 from textenv.models import DEFAULT_MODEL
+from textenv.plugin_manager import hookimpl
 
 TRAIN_REWARD = "sentiment_dense + repetition"
 """The main job's reward: the default's sentiment paid out per token (its sum is the same score),
@@ -36,9 +37,6 @@ STATE_FILE = "trainer_state.json"
 
 class UsageError(Exception):
     """A wrong option or path given to ``textenv train``; printed as one line, exit status 2."""
-
-
-USER_ERRORS: tuple[type[Exception], ...] = (UsageError,)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,11 +73,12 @@ class TrainTask:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
 
 
-def add_commands(sub: argparse._SubParsersAction) -> None:
+@hookimpl
+def textenv_add_commands(subparsers):
     """Add ``textenv train``, its flags generated from :class:`TrainTask` and :class:`PPOConfig`."""
     from textenv.agents.ppo_config import PPOConfig
 
-    p = sub.add_parser(
+    p = subparsers.add_parser(
         "train",
         help="train a model with PPO in the env (the main job)",
         description="Evaluate, train with PPO, evaluate again. Every PPOConfig field is a flag, its default "
@@ -96,6 +95,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     # run_dir is the task's --output-dir: the CLI always writes a run directory.
     add_dataclass_arguments(p, PPOConfig, skip=("run_dir",), aliases=ALIASES)
     p.set_defaults(run=run_training)
+    return [UsageError]
 
 
 def train_settings(args: argparse.Namespace) -> tuple[TrainTask, dict[str, Any]]:

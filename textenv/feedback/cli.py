@@ -17,18 +17,17 @@ import argparse
 import json
 from pathlib import Path
 
+from textenv.envs.task import DEFAULT_PROMPTS
 from textenv.feedback.store import FeedbackStore, FeedbackStoreError
 from textenv.feedback.terminal import TerminalError
+from textenv.models import DEFAULT_MODEL
+from textenv.plugin_manager import hookimpl
 
-USER_ERRORS: tuple[type[Exception], ...] = (FeedbackStoreError, TerminalError)
 
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
+@hookimpl
+def textenv_add_commands(subparsers):
     """Add ``textenv feedback`` and its subcommands."""
-    from textenv.envs.task import DEFAULT_PROMPTS
-    from textenv.models import DEFAULT_MODEL
-
-    parser = sub.add_parser("feedback", help="human feedback: label at the terminal, export preferences, stats")
+    parser = subparsers.add_parser("feedback", help="human feedback: label at the terminal, export preferences, stats")
     commands = parser.add_subparsers(dest="feedback_command", required=True)
 
     p = commands.add_parser("label", help="generate completions and label them at the terminal (no training)")
@@ -65,6 +64,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--db", required=True, help="the SQLite feedback store")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.set_defaults(run=_stats)
+    return [FeedbackStoreError, TerminalError]
 
 
 def _open_existing(path: str) -> FeedbackStore:

@@ -8,15 +8,15 @@ import sys
 import warnings
 from collections.abc import Iterator
 
+from textenv.plugin_manager import hookimpl
 from textenv.reward_model.config import DEFAULT_BACKBONE, RewardModelConfig, RewardModelError
 from textenv.reward_model.data import PreferenceDataError
 
-USER_ERRORS: tuple[type[Exception], ...] = (PreferenceDataError, RewardModelError)
 
-
-def add_commands(sub: argparse._SubParsersAction) -> None:
-    """Add ``rm`` with its ``train`` and ``eval`` subcommands."""
-    rm = sub.add_parser("rm", help="train and evaluate reward models on human preferences")
+@hookimpl
+def textenv_add_commands(subparsers):
+    """Add ``textenv rm`` with its ``train`` and ``eval`` subcommands."""
+    rm = subparsers.add_parser("rm", help="train and evaluate reward models on human preferences")
     rm_sub = rm.add_subparsers(dest="rm_command", required=True)
     defaults = RewardModelConfig()
 
@@ -79,6 +79,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="sequences per forward pass")
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA if available)")
     p.set_defaults(run=_eval)
+    return [PreferenceDataError, RewardModelError]
 
 
 def _train(args: argparse.Namespace) -> int:
