@@ -6,7 +6,7 @@ new tokens, RLOO with 4 samples per prompt), the same seed and settings:
 * **reference**: the reward is the scripted critic itself, ``sentiment`` (VADER's
   compound score of each completion);
 * **human**: the reward is ``human(...)``, live TAMER feedback at a terminal, given by
-  :class:`~textenv.feedback.simulated.SimulatedHuman` through a pseudo-terminal. It
+  :class:`~textenv.plugins.human.simulated.SimulatedHuman` through a pseudo-terminal. It
   reads the streamed tokens, judges each word with VADER's lexicon and each finished
   completion with VADER's compound score, and presses g/b (with a strength digit)
   after a 0.3–1.5 s reaction, missing 10 % and pressing the wrong key 5 % of the time.
@@ -38,7 +38,7 @@ import numpy as np
 
 import textenv
 from textenv.agents import PPO
-from textenv.feedback.simulated import HumanModel, SimulatedHuman, VaderCritic
+from textenv.plugins.human.simulated import HumanModel, SimulatedHuman, VaderCritic
 
 
 def main() -> None:
@@ -181,7 +181,7 @@ def human_run(args: argparse.Namespace, reference: float | None) -> None:
 
 def _display_seconds(db: Path) -> float:
     """Seconds of streamed display so far: from each episode's first token to its end."""
-    from textenv.feedback.store import FeedbackStore
+    from textenv.plugins.human.store import FeedbackStore
 
     with FeedbackStore(db) as store:
         return float(sum(e["hidden_at"] - e["shown_at"][0] for e in store.episodes() if e["shown_at"]))

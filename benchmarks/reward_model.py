@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from textenv.reward_model import PreferencePair, RewardModelConfig, train_reward_model
+from textenv.plugins.reward_model import PreferencePair, RewardModelConfig, train_reward_model
 
 MOVIES = [
     "the heist film",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textenv.feedback.credit import UniformDelay, credit_keypresses, credit_weights, hidden_times
+from textenv.plugins.human.credit import UniformDelay, credit_keypresses, credit_weights, hidden_times
 
 
 def test_weights_are_the_delay_mass_over_each_token_interval():

@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from textenv.feedback.episodes import compare_completions, rate_completions, select_pairs
-from textenv.feedback.simulated import SimulatedHuman
-from textenv.feedback.store import FeedbackStore
-from textenv.feedback.terminal import KeyReader
+from textenv.plugins.human.episodes import compare_completions, rate_completions, select_pairs
+from textenv.plugins.human.simulated import SimulatedHuman
+from textenv.plugins.human.store import FeedbackStore
+from textenv.plugins.human.terminal import KeyReader
 
 
 def test_pairs_come_where_the_ensemble_disagrees_most():

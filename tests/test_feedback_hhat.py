@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from textenv.feedback.credit import UniformDelay, credit_keypresses, hidden_times
-from textenv.feedback.hhat import HHatConfig, HumanRewardModel, token_windows
+from textenv.plugins.human.credit import UniformDelay, credit_keypresses, hidden_times
+from textenv.plugins.human.hhat import HHatConfig, HumanRewardModel, token_windows
 
 VOCAB = 120
 

@@ -16,11 +16,11 @@ import pytest
 
 import textenv
 from textenv.envs.text_gen_vector import TextGenVectorEnv
-from textenv.feedback.live import _sources
-from textenv.feedback.simulated import HumanModel, SimulatedHuman
-from textenv.feedback.store import FeedbackStore
 from textenv.generation import generate_episodes
 from textenv.models import TINY_MODEL, load_causal_lm
+from textenv.plugins.human.live import _sources
+from textenv.plugins.human.simulated import HumanModel, SimulatedHuman
+from textenv.plugins.human.store import FeedbackStore
 
 FAST = "pace=200, min_delay=0.01, max_delay=0.2, gap=0.01, linger=0.05"
 
@@ -236,7 +236,7 @@ def test_a_source_that_takes_tokens_gets_each_token_decoded(fresh_default_pm, by
 
 def test_comparing_asks_where_a_real_reward_model_ensemble_disagrees(tmp_path):
     """compare mode end to end: a trained two-member ensemble picks the pairs, the person answers at a pty."""
-    from textenv.reward_model import PreferencePair, RewardModelConfig, load_reward_model, train_reward_model
+    from textenv.plugins.reward_model import PreferencePair, RewardModelConfig, load_reward_model, train_reward_model
 
     pairs = [PreferencePair(f"the {w} was", f" good {w}", f" bad {w}") for w in ["film", "plot", "cast"] * 10]
     rm_dir = tmp_path / "rm"

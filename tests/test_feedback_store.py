@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from textenv import cli
-from textenv.feedback.store import FeedbackStore, FeedbackStoreError, Keypress
+from textenv.plugins.human.store import FeedbackStore, FeedbackStoreError, Keypress
 
 
 @pytest.fixture

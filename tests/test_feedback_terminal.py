@@ -14,7 +14,7 @@ import time
 import pytest
 
 from textenv import cli
-from textenv.feedback.terminal import KeyReader, TerminalError, split_keys
+from textenv.plugins.human.terminal import KeyReader, TerminalError, split_keys
 
 
 @pytest.fixture
@@ -98,7 +98,7 @@ def test_the_terminal_is_restored_on_sigterm(pty_pair):
     before = termios.tcgetattr(slave)
     script = textwrap.dedent("""
         import sys, time
-        from textenv.feedback.terminal import KeyReader
+        from textenv.plugins.human.terminal import KeyReader
         with KeyReader():
             print("ready", flush=True)
             time.sleep(60)

@@ -14,7 +14,7 @@ import torch
 
 from textenv.agents import PPO
 from textenv.envs import TextGenVectorEnv
-from textenv.reward_model import (
+from textenv.plugins.reward_model import (
     PreferenceDataError,
     PreferencePair,
     RewardModelConfig,
@@ -457,8 +457,8 @@ def test_the_default_minilm_backbone_trains_saves_and_reloads(tmp_path, one_thre
 @pytest.mark.slow
 def test_the_policy_lm_gets_a_scalar_head(one_thread):
     """smollm2-135m as a backbone: Llama with a score head on the last non-pad token."""
-    from textenv.reward_model import load_backbone
-    from textenv.reward_model.model import RewardModel
+    from textenv.plugins.reward_model import load_backbone
+    from textenv.plugins.reward_model.model import RewardModel
 
     model, tokenizer = load_backbone("smollm2-135m")
     assert type(model).__name__ == "LlamaForSequenceClassification"

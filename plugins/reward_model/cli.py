@@ -9,8 +9,8 @@ import warnings
 from collections.abc import Iterator
 
 from textenv.plugin_manager import hookimpl
-from textenv.reward_model.config import DEFAULT_BACKBONE, RewardModelConfig, RewardModelError
-from textenv.reward_model.data import PreferenceDataError
+from textenv.plugins.reward_model.config import DEFAULT_BACKBONE, RewardModelConfig, RewardModelError
+from textenv.plugins.reward_model.data import PreferenceDataError
 
 
 @hookimpl
@@ -83,8 +83,8 @@ def textenv_add_commands(subparsers):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from textenv.reward_model.data import read_preferences
-    from textenv.reward_model.trainer import LOSS_CURVE_FILENAME, train_reward_model
+    from textenv.plugins.reward_model.data import read_preferences
+    from textenv.plugins.reward_model.trainer import LOSS_CURVE_FILENAME, train_reward_model
 
     config = RewardModelConfig(
         backbone=args.backbone,
@@ -128,8 +128,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from textenv.reward_model.data import read_preferences
-    from textenv.reward_model.model import evaluate_reward_model, load_reward_model
+    from textenv.plugins.reward_model.data import read_preferences
+    from textenv.plugins.reward_model.model import evaluate_reward_model, load_reward_model
 
     with _plain_warnings():
         data = read_preferences(args.data)

@@ -115,7 +115,7 @@ class KeyReader:
                 f"{where} is not a terminal: live feedback reads keypresses as you press them. "
                 "Run this in an interactive terminal (not through a pipe, a redirect, nohup or a "
                 "batch job); to label without a person, use the simulated human "
-                "(textenv.feedback.simulated)."
+                "(textenv.plugins.human.simulated)."
             )
         self.on_key = on_key
         self.keys: queue.Queue[Key] = queue.Queue()

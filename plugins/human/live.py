@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from textenv.feedback.credit import UniformDelay
-from textenv.feedback.hhat import HumanRewardModel
-from textenv.feedback.store import FeedbackStore
-from textenv.feedback.stream import StreamConfig, TokenFeedback
-from textenv.feedback.terminal import KeyReader
+from textenv.plugins.human.credit import UniformDelay
+from textenv.plugins.human.hhat import HumanRewardModel
+from textenv.plugins.human.store import FeedbackStore
+from textenv.plugins.human.stream import StreamConfig, TokenFeedback
+from textenv.plugins.human.terminal import KeyReader
 
 
 @dataclass(frozen=True, kw_only=True)

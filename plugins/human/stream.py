@@ -4,7 +4,7 @@
 shows each completion token by token at ``pace`` tokens per second; the person
 presses keys whenever they like (the reader thread commits each press to the store
 the moment it is read); at the end the presses are credited to the tokens through
-the delay distribution (:mod:`textenv.feedback.credit`) and the per-token rewards
+the delay distribution (:mod:`textenv.plugins.human.credit`) and the per-token rewards
 are stored too.
 
 Keys (shown on screen at the start and with ``?``):
@@ -29,9 +29,9 @@ from typing import TextIO
 
 import numpy as np
 
-from textenv.feedback.credit import UniformDelay, credit_keypresses, hidden_times
-from textenv.feedback.store import FeedbackStore, Keypress
-from textenv.feedback.terminal import Key, KeyReader
+from textenv.plugins.human.credit import UniformDelay, credit_keypresses, hidden_times
+from textenv.plugins.human.store import FeedbackStore, Keypress
+from textenv.plugins.human.terminal import Key, KeyReader
 
 GOOD_KEYS = ("up", "+", "=", "g")
 BAD_KEYS = ("down", "-", "_", "b")

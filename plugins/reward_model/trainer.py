@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-from textenv.reward_model.config import RewardModelConfig, RewardModelError
-from textenv.reward_model.data import PreferenceData, PreferencePair, read_preferences
-from textenv.reward_model.encoding import TruncationWarning, encode, input_limit, pad
-from textenv.reward_model.loss import bradley_terry_loss
-from textenv.reward_model.model import (
+from textenv.plugins.reward_model.config import RewardModelConfig, RewardModelError
+from textenv.plugins.reward_model.data import PreferenceData, PreferencePair, read_preferences
+from textenv.plugins.reward_model.encoding import TruncationWarning, encode, input_limit, pad
+from textenv.plugins.reward_model.loss import bradley_terry_loss
+from textenv.plugins.reward_model.model import (
     METADATA_FILENAME,
     RewardModel,
     evaluate_reward_model,

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 from textenv.envs.task import DEFAULT_PROMPTS
-from textenv.feedback.store import FeedbackStore, FeedbackStoreError
-from textenv.feedback.terminal import TerminalError
 from textenv.models import DEFAULT_MODEL
 from textenv.plugin_manager import hookimpl
+from textenv.plugins.human.store import FeedbackStore, FeedbackStoreError
+from textenv.plugins.human.terminal import TerminalError
 
 
 @hookimpl
@@ -100,6 +100,6 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _label(args: argparse.Namespace) -> int:
-    from textenv.feedback.labelling import run_labelling
+    from textenv.plugins.human.labelling import run_labelling
 
     return run_labelling(args)

@@ -6,10 +6,10 @@ import argparse
 
 import numpy as np
 
-from textenv.feedback.episodes import compare_completions, rate_completions, select_pairs
-from textenv.feedback.live import HumanOptions, human_source
-from textenv.feedback.store import FeedbackStore
-from textenv.feedback.terminal import KeyReader
+from textenv.plugins.human.episodes import compare_completions, rate_completions, select_pairs
+from textenv.plugins.human.live import HumanOptions, human_source
+from textenv.plugins.human.store import FeedbackStore
+from textenv.plugins.human.terminal import KeyReader
 
 
 def run_labelling(args: argparse.Namespace) -> int:
@@ -89,6 +89,6 @@ def run_labelling(args: argparse.Namespace) -> int:
 
 
 def _load_reward_model(path: str):
-    from textenv.reward_model import load_reward_model
+    from textenv.plugins.reward_model import load_reward_model
 
     return load_reward_model(path)

@@ -5,7 +5,7 @@ the person presses ↑/+/g (good) or ↓/-/b (bad) at any moment, 1-9 for streng
 space to pause, q to quit, ? for help. Each keypress is committed to a SQLite store
 at once and credited to the tokens shown 0.2–4 s before it; Ĥ, a small model of the
 person's feedback, learns online and stands in where they are silent. Options:
-see :class:`textenv.feedback.live.HumanOptions`, e.g. ``human(db=run/feedback.db, pace=6)``.
+see :class:`textenv.plugins.human.live.HumanOptions`, e.g. ``human(db=run/feedback.db, pace=6)``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def human(
     tty: str | None = None,
 ) -> list[Any]:
     """Live keypress feedback from a person at the terminal (TAMER), per token; Ĥ fills silences."""
-    from textenv.feedback.live import HumanOptions, human_source
+    from textenv.plugins.human.live import HumanOptions, human_source
 
     options = HumanOptions(db=str(db), pace=float(pace), min_delay=float(min_delay), max_delay=float(max_delay),
                            gap=float(gap), linger=float(linger), show=int(show), hhat=hhat,

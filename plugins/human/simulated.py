@@ -2,7 +2,7 @@
 
 :class:`SimulatedHuman` sits on the master side of a pseudo-terminal. The program
 under test uses the slave side exactly as it would a person's terminal (the same
-:class:`~textenv.feedback.terminal.KeyReader`, cbreak mode and all): it writes the
+:class:`~textenv.plugins.human.terminal.KeyReader`, cbreak mode and all): it writes the
 display there, and reads keys from there. The simulated human reads the display as
 it appears, judges each word of a completion with a scripted critic (and the whole
 completion when it ends), and answers with keypresses after a human-like reaction
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from textenv.feedback.stream import COMPLETION_END, COMPLETION_START, DEFAULT_STRENGTH
+from textenv.plugins.human.stream import COMPLETION_END, COMPLETION_START, DEFAULT_STRENGTH
 
 if TYPE_CHECKING:
     from typing_extensions import Self

@@ -1,8 +1,9 @@
-"""Reward models learned from human preferences: data, Bradley-Terry training, ensembles, scoring.
+"""The ``reward_model`` plugin: reward models learned from human preferences (data, Bradley-Terry training,
+ensembles, scoring), the reward sources that score with one (``source``), and ``textenv rm`` (``cli``).
 
 Example::
 
-    from textenv.reward_model import RewardModelConfig, load_preferences, train_reward_model
+    from textenv.plugins.reward_model import RewardModelConfig, load_preferences, train_reward_model
 
     pairs = load_preferences("prefs.jsonl")  # {"prompt", "chosen", "rejected"} per line
     result = train_reward_model(pairs, "runs/rm", RewardModelConfig(ensemble_size=3))
@@ -12,8 +13,8 @@ Example::
 The trained directory is a reward source: ``reward="reward_model:runs/rm"``.
 """
 
-from textenv.reward_model.config import DEFAULT_BACKBONE, RewardModelConfig, RewardModelError
-from textenv.reward_model.data import (
+from textenv.plugins.reward_model.config import DEFAULT_BACKBONE, RewardModelConfig, RewardModelError
+from textenv.plugins.reward_model.data import (
     PreferenceData,
     PreferenceDataError,
     PreferencePair,
@@ -24,15 +25,16 @@ from textenv.reward_model.data import (
     ranking_to_pairs,
     read_preferences,
 )
-from textenv.reward_model.encoding import TruncationWarning
-from textenv.reward_model.loss import bradley_terry_loss, pairwise_accuracy
-from textenv.reward_model.model import (
+from textenv.plugins.reward_model.encoding import TruncationWarning
+from textenv.plugins.reward_model.loss import bradley_terry_loss, pairwise_accuracy
+from textenv.plugins.reward_model.model import (
     RewardModel,
     evaluate_reward_model,
     load_backbone,
     load_reward_model,
 )
-from textenv.reward_model.trainer import TrainResult, split_pairs, train_reward_model
+from textenv.plugins.reward_model.source import get_reward_model
+from textenv.plugins.reward_model.trainer import TrainResult, split_pairs, train_reward_model
 
 __all__ = [
     "DEFAULT_BACKBONE",
@@ -48,6 +50,7 @@ __all__ = [
     "elo_ratings",
     "elo_to_rewards",
     "evaluate_reward_model",
+    "get_reward_model",
     "load_backbone",
     "load_preferences",
     "load_reward_model",

@@ -17,9 +17,9 @@ from typing import TextIO
 
 import numpy as np
 
-from textenv.feedback.store import FeedbackStore
-from textenv.feedback.stream import printable
-from textenv.feedback.terminal import KeyReader
+from textenv.plugins.human.store import FeedbackStore
+from textenv.plugins.human.stream import printable
+from textenv.plugins.human.terminal import KeyReader
 
 RATE_HELP = "rate {lo}-{hi} · s skip · q quit · ? help"
 COMPARE_HELP = "a or ← left is better · b or → right is better · t tie · s skip · q quit · ? help"

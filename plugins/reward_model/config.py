@@ -15,7 +15,7 @@ class RewardModelError(ValueError):
 
 @dataclass(frozen=True, kw_only=True)
 class RewardModelConfig:
-    """Every option of :func:`textenv.reward_model.train_reward_model`."""
+    """Every option of :func:`textenv.plugins.reward_model.train_reward_model`."""
 
     backbone: str = DEFAULT_BACKBONE
     """:data:`DEFAULT_BACKBONE`; any local directory or hub id that loads as

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from textenv.reward_model.config import DEFAULT_BACKBONE, RewardModelError
-from textenv.reward_model.data import PreferencePair, read_preferences
-from textenv.reward_model.encoding import encode, input_limit, pad
-from textenv.reward_model.loss import bradley_terry_loss, pairwise_accuracy
+from textenv.plugins.reward_model.config import DEFAULT_BACKBONE, RewardModelError
+from textenv.plugins.reward_model.data import PreferencePair, read_preferences
+from textenv.plugins.reward_model.encoding import encode, input_limit, pad
+from textenv.plugins.reward_model.loss import bradley_terry_loss, pairwise_accuracy
 
 METADATA_FILENAME = "reward_model.json"
 """Our metadata file in a saved reward model directory."""

@@ -53,7 +53,7 @@ def encode(
 
 def _truncated(tokenizer: Any, prompts: list[str], completions: list[str], max_length: int) -> Any:
     """Tokenize with left truncation, the longer part first (the completion's end is kept)."""
-    from textenv.reward_model.model import quiet_transformers
+    from textenv.plugins.reward_model.model import quiet_transformers
 
     side = tokenizer.truncation_side
     tokenizer.truncation_side = "left"

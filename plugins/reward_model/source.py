@@ -34,13 +34,13 @@ def get_reward_model(path: str | Path, device: str | torch.device | None = None)
         device: where it runs; None picks :func:`textenv.devices.default_device`.
 
     Returns:
-        A :class:`textenv.reward_model.RewardModel`.
+        A :class:`textenv.plugins.reward_model.RewardModel`.
 
     Raises:
         RewardModelError: ``path`` holds no reward model.
     """
     from textenv.devices import default_device
-    from textenv.reward_model.model import METADATA_FILENAME
+    from textenv.plugins.reward_model.model import METADATA_FILENAME
 
     resolved = Path(path).expanduser().resolve()
     metadata = resolved / METADATA_FILENAME
@@ -51,7 +51,7 @@ def get_reward_model(path: str | Path, device: str | torch.device | None = None)
 
 @functools.lru_cache(maxsize=8)
 def _load(path: str, device: str, stamp: int):
-    from textenv.reward_model import load_reward_model
+    from textenv.plugins.reward_model import load_reward_model
 
     return load_reward_model(path, device=device)
 
@@ -130,7 +130,7 @@ def textenv_resolve_reward_source(name):
     if not name.startswith(PREFIX):
         return None
     path = name[len(PREFIX) :]
-    from textenv.reward_model.model import METADATA_FILENAME
+    from textenv.plugins.reward_model.model import METADATA_FILENAME
 
     if not path or not (Path(path).expanduser() / METADATA_FILENAME).is_file():
         raise RewardError(
