@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: train demo test bench baselines plugins clean
+.PHONY: train demo test docs bench baselines plugins clean
 
 train: $(STAMP)  ## the main job on its embedded default: PPO on SmolLM2-135M, movie-review prompts, sentiment
 	$(BIN)/textenv train
@@ -17,6 +17,10 @@ demo: $(STAMP)  ## sample the default model in the env and show each completion'
 
 test: $(STAMP)  ## the whole test suite
 	$(BIN)/python -m pytest -q
+
+docs: $(STAMP)  ## the documentation site in site/ (mkdocs build --strict: a broken link or a missing API page fails)
+	@$(BIN)/python -c "import mkdocs, material, mkdocstrings_handlers.python" 2>/dev/null || $(PIP) install -e '.[docs]'
+	$(BIN)/mkdocs build --strict
 
 bench: $(STAMP)  ## the benchmarks recorded in docs/BENCHMARKS.md (trl baselines: make baselines first)
 	$(BIN)/python benchmarks/env_step.py
