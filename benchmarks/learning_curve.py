@@ -24,8 +24,8 @@ import numpy as np
 
 import textenv  # noqa: F401  (registers the env)
 from textenv.agents import PPO, PPOConfig
+from textenv.agents.train import TRAIN_REWARD
 from textenv.cli import add_dataclass_arguments
-from textenv.train import TRAIN_REWARD
 
 
 def main() -> None:

@@ -34,13 +34,13 @@ import torch
 
 import textenv
 from textenv.agents import PPO
+from textenv.agents.sft import SFTConfig, train_sft
 from textenv.devices import autocast, default_device, use_bf16
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 from textenv.generation import Episodes, SamplingConfig, generate_episodes
 from textenv.models import load_causal_lm
 from textenv.plugins.reward_model import PreferencePair, RewardModelConfig, TrainResult, train_reward_model
 from textenv.prompts import load_prompts
-from textenv.sft import SFTConfig, train_sft
 
 DEMONSTRATIONS = str(files("textenv.data") / "demonstrations_movie_reviews.jsonl")
 

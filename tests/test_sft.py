@@ -8,9 +8,7 @@ from importlib.resources import files
 
 import pytest
 
-from textenv.cli import main
-from textenv.models import TINY_MODEL, load_causal_lm, load_tokenizer
-from textenv.sft import (
+from textenv.agents.sft import (
     IGNORE_INDEX,
     METADATA_FILENAME,
     SFTConfig,
@@ -21,6 +19,8 @@ from textenv.sft import (
     load_demonstrations,
     train_sft,
 )
+from textenv.cli import main
+from textenv.models import TINY_MODEL, load_causal_lm, load_tokenizer
 
 DEMOS = [
     {"prompt": "The film was", "completion": " great fun."},

@@ -12,9 +12,9 @@ import torch
 
 import textenv
 from textenv.agents import PPOConfig
+from textenv.agents.train import TrainTask, train_settings
 from textenv.cli import build_parser, main
 from textenv.models import TINY_MODEL, build_tiny_model
-from textenv.train import TrainTask, train_settings
 
 # A tiny real run: two iterations of 4 episodes on the byte-level model, nothing printed but the summary.
 TINY_RUN = ["--model", TINY_MODEL, "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4",

@@ -2,9 +2,9 @@
 
 A plugin is any module or object with functions named like these, marked with
 ``textenv.hookimpl``. Implementations take only the arguments they use (pluggy
-matches them by name). The built-in plugins (the reward sources in ``textenv.plugins``,
-the commands in ``textenv.agents``) are declared in textenv's own entry-point group
-``textenv.builtins``; third-party packages declare ``[project.entry-points.textenv]``.
+matches them by name). The built-in plugins (the reward sources, the agents' commands)
+are declared in textenv's own entry-point group ``textenv.builtins``; third-party
+packages declare ``[project.entry-points.textenv]``.
 """
 
 from __future__ import annotations

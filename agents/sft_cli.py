@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import time
 
+from textenv.agents.sft import SFTConfig, SFTDataError, train_sft
 from textenv.models import DEFAULT_MODEL
 from textenv.plugin_manager import hookimpl
-from textenv.sft import SFTConfig, SFTDataError, train_sft
 
 
 @hookimpl
