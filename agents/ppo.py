@@ -570,17 +570,24 @@ class PPO:
 
     # ------------------------------------------------------------ using the policy
 
-    def evaluate(self, prompts: str | list[str], *, temperature: float | None = None, seed: int = 0) -> Episodes:
+    def evaluate(
+        self, prompts: str | list[str], *, temperature: float | None = None, top_k: int = 0, top_p: float = 1.0,
+        seed: int = 0,
+    ) -> Episodes:
         """Sample one completion per prompt with the current policy and score it with the env's rewards.
 
         Args:
             prompts: the prompts (one string is one prompt).
             temperature: sampling temperature (0: greedy); the training one by default.
+            top_k: sample among the k most likely tokens only (0: all).
+            top_p: nucleus sampling mass (1.0: all).
             seed: seeds the sampling, so two evaluations compare like with like.
         """
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         env = TextGenVectorEnv(len(prompts), task=self.task, device=self.device, autoreset_mode="Disabled")
-        sampling = self.sampling if temperature is None else dataclasses.replace(self.sampling, temperature=temperature)
+        sampling = SamplingConfig(  # top-k/top-p only here: training samples the distribution its log-probs use
+            temperature=self.sampling.temperature if temperature is None else temperature, top_k=top_k, top_p=top_p
+        )
         self.policy.eval()
         reward_stats = self.task.rewards.state_dict()  # normalized terms must not learn from an evaluation
         try:
@@ -589,9 +596,13 @@ class PPO:
         finally:
             self.task.rewards.load_state_dict(reward_stats)
 
-    def generate(self, prompts: str | list[str], *, temperature: float | None = None, seed: int = 0) -> str | list[str]:
-        """The policy's completion of one prompt (a string), or of each of a list of prompts (a list)."""
-        completions = self.evaluate(prompts, temperature=temperature, seed=seed).completions
+    def generate(
+        self, prompts: str | list[str], *, temperature: float | None = None, top_k: int = 0, top_p: float = 1.0,
+        seed: int = 0,
+    ) -> str | list[str]:
+        """The policy's completion of one prompt (a string), or of each of a list of prompts (a list);
+        the arguments are :meth:`evaluate`'s."""
+        completions = self.evaluate(prompts, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed).completions
         return completions[0] if isinstance(prompts, str) else completions
 
     @torch.no_grad()

@@ -187,3 +187,11 @@ def test_learn_refuses_an_sb3_callback_with_what_it_accepts():
     with pytest.raises(TypeError, match="got int"):
         agent.learn(total_episodes=8, callback=[print, 3])
     assert agent.num_iterations == 0
+
+
+def test_top_k_is_refused_in_training_and_taken_by_evaluate():
+    with pytest.raises(ValueError, match="top_k/top_p truncate the sampling distribution"):
+        small_agent(make_env(), top_k=5)
+    agent = small_agent(make_env())
+    episodes = agent.evaluate(PROMPTS, top_k=1, temperature=1.0)  # top-1: the greedy completion
+    assert episodes.completions == agent.evaluate(PROMPTS, temperature=0.0).completions
