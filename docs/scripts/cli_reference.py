@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 PAGE = Path(__file__).resolve().parent.parent / "cli.md"
-WIDTH = "100"
+WIDTH = "88"
 """argparse wraps help at the terminal's width (``COLUMNS``): a fixed one keeps the page stable."""
 
 HEADER = """# Command line
