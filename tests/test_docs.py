@@ -314,3 +314,36 @@ def test_cli_reference_matches_the_commands():
     script = DOCS / "scripts" / "cli_reference.py"
     result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+NOT_IN_THE_API_REFERENCE = {
+    "textenv.cli": "the textenv command's skeleton: docs/cli.md documents the command itself",
+    "textenv.data": "package data (the prompt set and demonstrations), no code",
+    "textenv.agents.ppo": "PPO and TrainingError, documented where users import them: textenv.agents",
+    "textenv.agents.ppo_config": "PPOConfig, documented where users import it: textenv.agents",
+    "textenv.agents.sft_cli": "the textenv sft command: docs/cli.md documents it",
+}
+"""Modules without an API page, and why."""
+
+PACKAGE_DIRS = {"textenv": ROOT / "textenv", "textenv.plugins": ROOT / "plugins", "textenv.agents": ROOT / "agents"}
+"""Where each part of the installed ``textenv`` lives in the repository (pyproject's package-dir)."""
+
+
+def test_every_module_has_an_api_page():
+    """A new module or plugin gets a ``::: name`` line in docs/api/ (a package's page covers its modules)."""
+    documented = {m for page in (DOCS / "api").glob("*.md")
+                  for m in re.findall(r"^::: (\S+)", page.read_text(), flags=re.M)}
+    missing = []
+    for package, folder in PACKAGE_DIRS.items():
+        for path in sorted(folder.iterdir()):
+            if path.name.startswith("_") or (path.is_dir() and not (path / "__init__.py").exists()):
+                continue
+            if path.suffix != ".py" and not path.is_dir():
+                continue
+            name = f"{package}.{path.stem}"
+            if name in PACKAGE_DIRS or name in NOT_IN_THE_API_REFERENCE:
+                continue
+            covering = documented - set(PACKAGE_DIRS)  # a package's page covers its modules, but not the roots
+            if name not in documented and not any(name.startswith(m + ".") for m in covering):
+                missing.append(name)
+    assert not missing, f"no API page documents {missing}: add a '::: NAME' line to a page in docs/api/ (and to nav)"
