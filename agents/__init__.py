@@ -5,7 +5,8 @@ supervised fine-tuning on demonstrations (``sft``), and their commands ``textenv
 and ``textenv sft`` (``sft_cli``), built-in plugins of the ``textenv`` command line.
 """
 
+from textenv.agents.checkpoint import CheckpointError, DiskFullError
 from textenv.agents.ppo import PPO, TrainingError
 from textenv.agents.ppo_config import PPOConfig
 
-__all__ = ["PPO", "PPOConfig", "TrainingError"]
+__all__ = ["PPO", "CheckpointError", "DiskFullError", "PPOConfig", "TrainingError"]

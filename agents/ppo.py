@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -22,14 +23,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
+from textenv.agents import checkpoint, run_definition
+from textenv.agents.checkpoint import STATE_FILE, CheckpointError
 from textenv.agents.policy import ActorCritic, frozen_copy
 from textenv.agents.ppo_config import PPOConfig
 from textenv.agents.ppo_math import (
@@ -59,7 +63,12 @@ from textenv.generation import Episodes, SamplingConfig, generate_episodes
 from textenv.models import load_causal_lm
 from textenv.rewards import RewardError
 
-STATE_FILE = "trainer_state.json"
+VALUE_FILE = "value.safetensors"
+"""The value head (and a separate value model), beside the policy's ``model/``."""
+OPTIMIZER_FILE = "optimizer.safetensors"
+"""Adam's moments and steps as tensors; its parameter groups as JSON in the safetensors metadata."""
+RNG_FILE = "rng.safetensors"
+"""torch's global RNG state and the sampling and shuffling generators' (and CUDA's)."""
 
 IterationCallback = Callable[["PPO", dict[str, float]], "bool | None"]
 """``callback(agent, stats)`` after each iteration of :meth:`PPO.learn`; ``False`` stops training."""
@@ -179,7 +188,9 @@ class PPO:
         self.num_iterations = 0
         self.num_episodes = 0
         self.history: list[dict[str, float]] = []
+        self.metadata: dict[str, Any] = {}  # JSON-able notes kept in checkpoints (textenv train keeps its own options)
         self.run = RunLog(cfg.run_dir) if cfg.run_dir else None
+        self._saved: tuple[Path, int, bool] | None = None  # the last checkpoint: its path, iteration, optimizer
         self._schedule_end: int | None = None  # the run's episode count where the current learn() call ends
         self._bar: tqdm | None = None
 
@@ -270,7 +281,7 @@ class PPO:
                         break
                     if interrupt.requested:
                         bar.close()
-                        where = self.save_checkpoint() if self.run else None
+                        where = self._save_unless_saved() if self.run else None
                         print(f"interrupted after iteration {self.num_iterations}"
                               + (f"; checkpoint in {where} (resume with PPO.load)" if where else ""), flush=True)
                         return self
@@ -278,7 +289,7 @@ class PPO:
             self._bar = None
             self._schedule_end = None  # train_iteration() outside learn() keeps the rates where they are
         if self.run:
-            self.save_checkpoint()
+            self._save_unless_saved()
             if self.history:
                 plot_reward_curve(self.history, self.run.dir / "reward_curve.png")
         return self
@@ -651,61 +662,82 @@ class PPO:
 
     def save(self, path: str | Path) -> Path:
         """Save a complete checkpoint: the policy as a transformers directory (``model/``,
-        safetensors), the value head, optimizer, KL controller, normalizer statistics,
-        RNG states and counters. ``PPO.load(path, env)`` continues the same run."""
+        safetensors, with the tokenizer), the value head, optimizer, KL controller, normalizer
+        statistics, RNG states, counters, the config and the run's definition (model, prompts,
+        reward, env options). ``PPO.load(path)`` continues the same run."""
         return self.save_checkpoint(Path(path))
 
     def save_checkpoint(self, path: str | Path | None = None, *, optimizer: bool = True) -> Path:
-        """Write a checkpoint (by default ``run_dir/checkpoints/iter_NNNNNN``) atomically.
+        """Write a checkpoint (by default ``run_dir/checkpoints/iter_NNNNNN``) atomically, with a manifest.
+
+        The files go into ``NAME.tmp``, each fsynced, then ``manifest.json`` (every file's size and sha256),
+        then the directory is renamed and its parent fsynced (:mod:`textenv.agents.checkpoint`): a crash at any
+        moment leaves the checkpoints before it loadable, and a partial one is never loaded.
 
         Args:
             path: where; by default ``run_dir/checkpoints/iter_NNNNNN``.
             optimizer: also write Adam's state (about twice the weights' size). Without it the
                 checkpoint is weights-only: a resume from it starts Adam's moments afresh, so its
                 first steps differ from those of the run that never stopped.
+
+        Raises:
+            DiskFullError: "no space left on DEVICE while saving PATH"; the partial checkpoint is removed.
         """
         if path is None:
             if not self.run:
                 raise ValueError("no run_dir: give save_checkpoint a path")
             path = self.run.dir / "checkpoints" / f"iter_{self.num_iterations:06d}"
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        checkpoint.write_atomically(path, lambda tmp: self._write_checkpoint(tmp, optimizer))
+        self._saved = (path.resolve(), self.num_iterations, optimizer)
+        self._prune_checkpoints(path)
+        return path
+
+    def _write_checkpoint(self, tmp: Path, optimizer: bool) -> None:
+        """Fill a checkpoint directory; ``trainer_state.json`` last (the manifest comes after it)."""
         with _quiet_transformers_bars():  # "Writing model shards" would break our bar's line
             self.policy.lm.save_pretrained(tmp / "model")
         if hasattr(self.task.tokenizer, "save_pretrained"):
             self.task.tokenizer.save_pretrained(tmp / "model")
+        heads = self._head_tensors()
+        if heads:
+            checkpoint.write_file(tmp / VALUE_FILE, safetensors.torch.save(heads))
+        if self.reference is not None and not self.reference_is_env_model:  # e.g. PPO(env, model=sft_model)
+            with _quiet_transformers_bars():
+                self.reference.save_pretrained(tmp / "reference")
+        if optimizer:
+            checkpoint.write_file(tmp / OPTIMIZER_FILE, _optimizer_bytes(self.optimizer.state_dict()))
+        rng = {k: v.contiguous() for k, v in self._torch_rng_state().items()}
+        checkpoint.write_file(tmp / RNG_FILE, safetensors.torch.save(rng))
+        checkpoint.write_json(tmp / run_definition.PROMPTS_FILE, run_definition.prompts_record(self.task))
+        checkpoint.write_json(tmp / STATE_FILE, self._trainer_state(optimizer))
+
+    def _save_unless_saved(self) -> Path:
+        """The run's checkpoint of this iteration, with the optimizer: written unless the periodic one
+        (or the one resumed from) is it already; rewriting it would only open a window in which a kill
+        leaves the iteration without a checkpoint."""
+        path = self.run.dir / "checkpoints" / f"iter_{self.num_iterations:06d}"
+        if self._saved == (path.resolve(), self.num_iterations, True) and path.is_dir():
+            return path
+        return self.save_checkpoint(path)
+
+    def _head_tensors(self) -> dict[str, torch.Tensor]:
+        """What ``value.safetensors`` holds: the policy's state outside ``lm.``, a tied weight once."""
         heads, stored = {}, set()
         for key, tensor in self.policy.state_dict().items():
             if key.startswith("lm.") or tensor.data_ptr() in stored:  # a tied weight comes back through its tie
                 continue
             stored.add(tensor.data_ptr())
             heads[key] = tensor.detach().contiguous()
-        if heads:
-            save_file(heads, tmp / "value.safetensors")
-        if self.reference is not None and not self.reference_is_env_model:  # e.g. PPO(env, model=sft_model)
-            with _quiet_transformers_bars():
-                self.reference.save_pretrained(tmp / "reference")
-        if optimizer:
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(self._torch_rng_state(), tmp / "rng.pt")
-        (tmp / STATE_FILE).write_text(json.dumps(self._trainer_state(), indent=1))
-        if path.exists():
-            old = path.with_name(path.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            tmp.rename(path)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(path)
-        self._prune_checkpoints(path)
-        return path
+        return heads
 
-    def _trainer_state(self) -> dict[str, Any]:
+    def _trainer_state(self, optimizer: bool = True) -> dict[str, Any]:
         return {
+            "format": checkpoint.FORMAT,
             "config": dataclasses.asdict(self.config),
-            "model_name": self.task.model_name,
+            "run": run_definition.describe_task(self.task),
+            "metadata": self.metadata,
+            "optimizer": optimizer,
             "num_iterations": self.num_iterations,
             "num_episodes": self.num_episodes,
             "kl_controller": self.kl_ctl.state_dict(),
@@ -736,61 +768,110 @@ class PPO:
     def _prune_checkpoints(self, written: Path) -> None:
         if not self.run or written.parent != self.run.dir / "checkpoints":
             return
-        periodic = sorted(written.parent.glob("iter_*[0-9]"))
+        checkpoint.remove_leftovers(written.parent)  # of writes that a kill cut short
+        periodic = sorted(p for p in written.parent.iterdir() if checkpoint.iteration_of(p) is not None)
         for old in periodic[: -self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
-    def load(cls, path: str | Path, env: Any, **overrides: Any) -> PPO:
+    def load(cls, path: str | Path, env: Any = None, **overrides: Any) -> PPO:
         """Restore an agent from a checkpoint to continue its run.
+
+        The checkpoint is verified against its manifest first: a missing, truncated or altered
+        file is refused naming it (never replaced by a fresh default).
 
         Args:
             path: a checkpoint directory (from :meth:`save` or a run's ``checkpoints/``).
-            env: the env to train in (the same task as before).
-            **overrides: config fields to change, e.g. ``device``, ``run_dir``, ``progress``.
+            env: None (the default) rebuilds the run's env from the checkpoint: its tokenizer,
+                prompt texts, reward spec and env options. An env given must define the same
+                task (model, prompts, reward, max_new_tokens, prompt width, chat template,
+                EOS ids, vocabulary), else it is refused naming what differs; to train the
+                weights on another task, start a new run: ``PPO(env, model=load_causal_lm(path / "model"))``.
+            **overrides: config fields to change, e.g. ``device``, ``run_dir``, ``progress``
+                (applied as given: ``textenv train --resume`` decides which flags may change a run).
+
+        Raises:
+            CheckpointError: the checkpoint is damaged or incomplete (the file is named), or the env
+                differs from the run's.
         """
         path = Path(path)
-        state = json.loads((path / STATE_FILE).read_text())
+        checkpoint.verify(path)
+        state = checkpoint.read_json(path / STATE_FILE)
+        try:
+            run = state["run"]
+            config_options = {**state["config"], **overrides}
+        except (KeyError, TypeError):
+            raise checkpoint.CheckpointError(f"{path / STATE_FILE}: holds no run definition and config") from None
         agent = cls.__new__(cls)
-        agent.config = PPOConfig.from_options({**state["config"], **overrides})
+        agent.config = PPOConfig.from_options(config_options)
         device = resolve_device(agent.config.device)
-        model = load_causal_lm(str(path / "model"), device=device, dtype=torch.float32)
-        saved_reference = (path / "reference").exists()
-        if not agent.config.uses_reference:
-            reference = None
-        elif saved_reference:
-            reference = frozen_copy(load_causal_lm(str(path / "reference"), device=device, dtype=torch.float32))
+        if env is None:
+            task = run_definition.rebuild_task(path, run)
         else:
-            reference = frozen_copy(load_causal_lm(state["model_name"], device=device, dtype=torch.float32))
-        agent._setup(env, model, reference, reference_is_env_model=not saved_reference)
-        if (path / "value.safetensors").exists():
-            agent.policy.load_state_dict(load_file(path / "value.safetensors", device=str(device)), strict=False)
-        if (path / "optimizer.pt").exists():
-            optimizer_state = torch.load(path / "optimizer.pt", weights_only=True, map_location=device)
+            task = _task_of(env)
+            different = run_definition.differences(run, run_definition.describe_task(task))
+            if different:
+                raise checkpoint.CheckpointError(
+                    f"the env differs from the run in {path}: {'; '.join(different)}. PPO.load(path) without an env "
+                    f"continues the run as recorded; to train these weights on another task, start a new run "
+                    f"with PPO(env, model=load_causal_lm('{path / 'model'}'))"
+                )
+        with _quiet_transformers_bars():  # "Loading weights" bars would bury the resume's one-line notes
+            model = _load_part(path / "model", lambda p: load_causal_lm(str(_check_safetensors(p)), device=device,
+                                                                        dtype=torch.float32))
+            saved_reference = (path / "reference").exists()
+            if not agent.config.uses_reference:
+                reference = None
+            elif saved_reference:
+                reference = frozen_copy(_load_part(
+                    path / "reference", lambda p: load_causal_lm(str(_check_safetensors(p)), device=device,
+                                                                 dtype=torch.float32)))
+            else:
+                reference = frozen_copy(load_causal_lm(run.get("model_path") or run["model"], device=device,
+                                                       dtype=torch.float32))
+        agent._setup(task, model, reference, reference_is_env_model=not saved_reference)
+        if agent.config.uses_value_head:  # a missing head is an error: a fresh one would silently restart the critic
+            heads = _load_part(path / VALUE_FILE, lambda p: _read_safetensors(p, device)[0])
+            missing = sorted(set(agent._head_tensors()) - set(heads))
+            unexpected = agent.policy.load_state_dict(heads, strict=False).unexpected_keys
+            if missing or unexpected:
+                raise checkpoint.CheckpointError(
+                    f"{path / VALUE_FILE}: does not fit this agent's critic (missing {missing}, "
+                    f"unexpected {unexpected})"
+                )
+        if state.get("optimizer", True):
+            optimizer_state = _load_part(path / OPTIMIZER_FILE, lambda p: _optimizer_state(p, device))
             groups, expected = len(optimizer_state["param_groups"]), len(agent.optimizer.param_groups)
             if groups != expected:
-                raise ValueError(
-                    f"{path / 'optimizer.pt'} holds {groups} parameter group(s) where this agent has {expected} "
-                    "(the policy's, and the critic's with a value head): the checkpoint was written by an older "
-                    "textenv or for another advantage; load its weights as a model instead (model/ inside it)"
+                raise checkpoint.CheckpointError(
+                    f"{path / OPTIMIZER_FILE} holds {groups} parameter group(s) where this agent has {expected} "
+                    "(the policy's, and the critic's with a value head): the checkpoint was written for another "
+                    "advantage; load its weights as a model instead (model/ inside it)"
                 )
-            agent.optimizer.load_state_dict(optimizer_state)
+            _load_part(path / OPTIMIZER_FILE, lambda p: agent.optimizer.load_state_dict(optimizer_state))
         else:  # a weights-only checkpoint (save_optimizer=False)
-            warnings.warn(f"{path} holds no optimizer.pt (a weights-only checkpoint): Adam's moments start afresh",
-                          stacklevel=2)
+            warnings.warn(f"{path} holds no {OPTIMIZER_FILE} (a weights-only checkpoint): Adam's moments start "
+                          "afresh", stacklevel=2)
         for group, lr in zip(agent.optimizer.param_groups, agent.initial_learning_rates):  # the config's, overrides
             group["lr"], group["eps"] = lr, agent.config.adam_eps  # included (annealing rescales from these)
-        agent._set_torch_rng_state(torch.load(path / "rng.pt", weights_only=True))
-        agent.kl_ctl.load_state_dict(state["kl_controller"])
-        agent.score_stats.mean = np.float64(state["score_stats"]["mean"])
-        agent.score_stats.var = np.float64(state["score_stats"]["var"])
-        agent.score_stats.count = state["score_stats"]["count"]
-        agent.task.rewards.load_state_dict(state["reward_pipeline"])
-        agent.prompt_rng.bit_generator.state = state["prompt_rng"]
-        agent.num_iterations = state["num_iterations"]
-        agent.num_episodes = state["num_episodes"]
-        agent.history = state["history"]
+        rng = _load_part(path / RNG_FILE, lambda p: _read_safetensors(p, "cpu")[0])
+        _load_part(path / STATE_FILE, lambda p: agent._restore_state(rng, state))
+        if agent.run and path.parent == agent.run.dir / "checkpoints":
+            agent._saved = (path.resolve(), agent.num_iterations, state.get("optimizer", True))
         return agent
+
+    def _restore_state(self, rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        self._set_torch_rng_state(rng)
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.score_stats.mean = np.float64(state["score_stats"]["mean"])
+        self.score_stats.var = np.float64(state["score_stats"]["var"])
+        self.score_stats.count = state["score_stats"]["count"]
+        self.task.rewards.load_state_dict(state["reward_pipeline"])
+        self.prompt_rng.bit_generator.state = state["prompt_rng"]
+        self.num_iterations = int(state["num_iterations"])
+        self.num_episodes = int(state["num_episodes"])
+        self.history = list(state["history"])
+        self.metadata = dict(state.get("metadata") or {})
 
     def _log_samples(self, episodes: Episodes, n: int = 4) -> None:
         self.run.samples(self.num_iterations, episodes.prompts[:n], episodes.completions[:n], episodes.rewards[:n])
@@ -857,10 +938,75 @@ def without_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) 
 
 
 def _task_of(env: Any) -> TextTask:
+    if isinstance(env, TextTask):
+        return env
     task = getattr(getattr(env, "unwrapped", env), "task", None)
     if not isinstance(task, TextTask):
         raise TypeError(f"PPO needs a textenv env (textenv/TextGen-v0 or its vector env), got {env!r}")
     return task
+
+
+def _load_part(file: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(file)``, or a CheckpointError naming the file and what is wrong (never a deep traceback)."""
+    if not file.exists():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        return read(file)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises, the user needs the file's name
+        what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{file}: cannot be loaded ({type(exc).__name__}{': ' + what if what else ''})") from exc
+
+
+def _check_safetensors(directory: Path) -> Path:
+    """A transformers directory whose safetensors files are whole (a truncated one is named)."""
+    for file in sorted(directory.rglob("*.safetensors")):
+        problem = checkpoint.safetensors_problem(file)
+        if problem:
+            raise CheckpointError(f"{file}: {problem}")
+    return directory
+
+
+def _read_safetensors(file: Path, device: torch.device | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and metadata, after a check of its framing that names a truncated file."""
+    problem = checkpoint.safetensors_problem(file)
+    if problem:
+        raise CheckpointError(f"{file}: {problem}")
+    with safe_open(file, framework="pt", device=str(device)) as f:
+        return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
+
+
+def _optimizer_bytes(state: dict[str, Any]) -> bytes:
+    """An optimizer's ``state_dict()`` as safetensors: ``state.<param>.<name>`` tensors, the parameter
+    groups and any non-tensor state as JSON metadata (no pickle: loading runs no code)."""
+    tensors, scalars = {}, {}
+    for param, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{param}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{param}.{name}"] = value
+    as_json = functools.partial(json.dumps, default=lambda v: v.item() if torch.is_tensor(v) else repr(v))
+    return safetensors.torch.save(tensors, metadata={"param_groups": as_json(state["param_groups"]),
+                                                     "scalars": as_json(scalars)})
+
+
+def _optimizer_state(file: Path, device: torch.device) -> dict[str, Any]:
+    """What :func:`_optimizer_bytes` wrote, as an optimizer's ``state_dict()``."""
+    tensors, metadata = _read_safetensors(file, device)
+    groups = json.loads(metadata["param_groups"])
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        _, param, name = key.split(".", 2)
+        state.setdefault(int(param), {})[name] = tensor
+    for key, value in json.loads(metadata.get("scalars", "{}")).items():
+        param, name = key.split(".", 1)
+        state.setdefault(int(param), {})[name] = value
+    return {"state": state, "param_groups": groups}
 
 
 class _Interrupt:

@@ -8,8 +8,9 @@ gives any of them from a YAML or JSON file, and flags override the file.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import sys
+import tempfile
 import time
 import typing
 from dataclasses import dataclass, fields
@@ -18,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from textenv.agents import checkpoint as ckpt
+from textenv.agents.checkpoint import STATE_FILE, CheckpointError, DiskFullError
 from textenv.cli import add_dataclass_arguments, read_config_file
 from textenv.envs.task import DEFAULT_PROMPTS
 from textenv.envs.text_gen_vector import TextGenVectorEnv
@@ -31,8 +34,19 @@ which the value head credits token by token."""
 ALIASES = {"learning_rate": ("--lr",), "init_kl_coef": ("--kl-coef",), "cliprange": ("--clip",)}
 """Short flags kept from before the flags were generated (the docs use ``--lr``)."""
 
-STATE_FILE = "trainer_state.json"
-"""The file that marks a checkpoint directory (written last by ``PPO.save``)."""
+RESUME_APPLIES = frozenset({
+    "output_dir", "iterations", "eval_prompts",  # where the run writes and where it ends
+    "device", "precision", "keep_cpu_memory", "progress",  # the hardware it runs on, the bar
+    "checkpoint_every", "keep_checkpoints", "save_optimizer", "sample_every",  # what it writes
+})
+"""With ``--resume``, the options a flag may change (applied, and said in one line). Every other option
+(the model, prompts, reward, max_new_tokens and every option of the algorithm, the seed included) defines
+the run: a flag giving another value than the checkpoint's is refused, naming it, rather than silently
+making the resumed run another one. ``precision`` is here although bf16 rounds differently from fp32:
+moving a run to other hardware must stay possible."""
+
+METADATA_KEY = "textenv train"
+"""Where ``textenv train`` keeps its own options (iterations, eval_prompts) in the agent's checkpoint metadata."""
 
 
 class UsageError(Exception):
@@ -95,7 +109,24 @@ def textenv_add_commands(subparsers):
     # run_dir is the task's --output-dir: the CLI always writes a run directory.
     add_dataclass_arguments(p, PPOConfig, skip=("run_dir",), aliases=ALIASES)
     p.set_defaults(run=run_training)
-    return [UsageError]
+    return [UsageError, CheckpointError]
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """Every task and PPO option the user gave: the ``--config`` file's, then the flags' over them.
+
+    Raises:
+        ConfigFileError: the file cannot be read or holds an unknown key.
+    """
+    from textenv.agents.ppo_config import PPOConfig
+
+    names = {f.name for f in fields(TrainTask)} | {f.name for f in fields(PPOConfig)} - {"run_dir"}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if getattr(args, "config", None):
+        hints = {**typing.get_type_hints(TrainTask), **typing.get_type_hints(PPOConfig)}
+        hints.pop("run_dir")
+        given = {**read_config_file(args.config, hints), **given}
+    return given
 
 
 def train_settings(args: argparse.Namespace) -> tuple[TrainTask, dict[str, Any]]:
@@ -108,83 +139,175 @@ def train_settings(args: argparse.Namespace) -> tuple[TrainTask, dict[str, Any]]
         UsageError: a task option is wrong (the PPO options are checked when their config is built).
         ConfigFileError: the file cannot be read or holds an unknown key.
     """
-    from textenv.agents.ppo_config import PPOConfig
-
     task_names = {f.name for f in fields(TrainTask)}
-    ppo_names = {f.name for f in fields(PPOConfig)} - {"run_dir"}
-    given = {k: v for k, v in vars(args).items() if k in task_names | ppo_names}
-    if getattr(args, "config", None):
-        hints = {**typing.get_type_hints(TrainTask), **typing.get_type_hints(PPOConfig)}
-        hints.pop("run_dir")
-        given = {**read_config_file(args.config, hints), **given}
+    given = given_settings(args)
     try:
         task = TrainTask(**{k: v for k, v in given.items() if k in task_names})
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return task, {k: v for k, v in given.items() if k in ppo_names}
+    return task, {k: v for k, v in given.items() if k not in task_names}
 
 
-def latest_checkpoint(path: str | Path) -> Path:
-    """``path`` itself if it is a checkpoint, else the newest one in its ``checkpoints/``."""
+def find_checkpoint(path: str | Path) -> tuple[Path, str | None]:
+    """The checkpoint ``--resume PATH`` names: PATH itself if it is one (verified, no fallback), else the newest
+    complete checkpoint of the run directory PATH (:func:`textenv.agents.checkpoint.latest`).
+
+    Returns:
+        The checkpoint, and one line saying which newer ones were damaged and skipped (None if none).
+
+    Raises:
+        UsageError: PATH does not exist, is a file, or holds no checkpoint.
+        CheckpointError: PATH is a damaged checkpoint, or every checkpoint of the run is (naming the file).
+    """
     path = Path(path)
+    if not path.exists():
+        raise UsageError(f"--resume: {path}: no such directory")
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such directory")
-    if (path / STATE_FILE).exists():
-        return path
-    found = sorted(
-        (p for p in (path / "checkpoints").glob("*") if (p / STATE_FILE).exists()),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if not found:
-        raise FileNotFoundError(f"no checkpoint in {path} (looked for {STATE_FILE} in it and in its checkpoints/)")
-    return found[-1]
+        raise UsageError(f"--resume: {path}: a file, not a checkpoint or run directory")
+    if ckpt.is_checkpoint(path) or path.name.endswith((".tmp", ".old")):
+        ckpt.verify(path)
+        return path, None
+    try:
+        found, skipped = ckpt.latest(path)
+    except FileNotFoundError as exc:
+        raise UsageError(f"--resume: {exc}") from None
+    note = None
+    if skipped:
+        note = (f"resume: skipped {len(skipped)} damaged checkpoint(s) ({'; '.join(skipped)}); resuming from the "
+                f"newest complete one, {found.name}")
+    return found, note
+
+
+def resume_changes(given: dict[str, Any], state: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Compare the options given with ``--resume`` to the checkpoint's run.
+
+    Returns:
+        The refused differences (flags outside :data:`RESUME_APPLIES`) and the applied ones, one phrase each.
+    """
+    from textenv.agents.run_definition import parsed_reward_terms, prompts_fingerprint
+    from textenv.prompts import load_prompts
+
+    run, config = state["run"], state["config"]
+    recorded = {**config, **state.get("metadata", {}).get(METADATA_KEY, {}),
+                "model": run["model"], "prompts": run["prompts"]["source"], "reward": run.get("reward"),
+                "max_new_tokens": run["max_new_tokens"], "output_dir": config.get("run_dir")}
+    refused, applied = [], []
+    for name, value in given.items():
+        if name == "resume":
+            continue
+        old = recorded.get(name)
+        same = value == old
+        if name == "model" and not same and run.get("model_path") and Path(value).expanduser().is_dir():
+            same = str(Path(value).expanduser().resolve()) == run["model_path"]
+        elif name == "reward" and not same:
+            same = parsed_reward_terms(value) == run["reward_terms"]  # another spelling of the same spec
+        elif name == "prompts" and same:
+            items = load_prompts(value)
+            if all(isinstance(item, str) for item in items) and prompts_fingerprint(items) != run["prompts"]["sha256"]:
+                refused.append(f"--prompts {value}: its prompts changed since the run started (their sha256 "
+                               "differs from the checkpoint's)")
+                continue
+        if name == "output_dir" and not same and old is not None:
+            same = Path(value).resolve() == Path(old).resolve()
+        if same:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name in RESUME_APPLIES:
+            applied.append(f"{flag} {value} (the run had {old})")
+        else:
+            refused.append(f"{flag} {value!r} differs from the run's {old!r}")
+    return refused, applied
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Make sure the run directory can be written, before anything is loaded.
+
+    Raises:
+        UsageError: it is a file, or it (or a parent) cannot be created or written.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output-dir {path}: a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--output-dir {path}: cannot write there ({exc.strerror or exc})") from None
 
 
 def run_training(args: argparse.Namespace) -> int:
     """Run ``textenv train`` with parsed command-line arguments.
 
     Returns:
-        The exit status: 0 done, 2 training stopped on an error, 130 interrupted (after a checkpoint).
+        The exit status: 0 done, 2 training stopped on an error, 130 interrupted (after a checkpoint),
+        1 the disk filled up while saving a checkpoint.
 
     Raises:
-        UsageError: a wrong option or ``--resume`` path, before anything is loaded.
+        UsageError: a wrong option or ``--resume`` path, or a flag that would change a resumed run,
+            before anything is loaded.
+        CheckpointError: the checkpoint to resume is damaged (the file is named).
     """
     from textenv.agents import PPO, PPOConfig, TrainingError
 
     task, options = train_settings(args)
-    options["run_dir"] = task.output_dir
-    checkpoint = None
-    if task.resume:
-        try:
-            checkpoint = latest_checkpoint(task.resume)
-        except FileNotFoundError as exc:
-            raise UsageError(f"--resume: {exc}") from None
-        options.setdefault("device", PPOConfig.device)  # the machine's, not the one the checkpoint was written on
-        _checked_config(PPOConfig, {**json.loads((checkpoint / STATE_FILE).read_text())["config"], **options})
-    else:
-        _checked_config(PPOConfig, options)
-
     start = time.perf_counter()
-    env = TextGenVectorEnv(
-        1, model=task.model, prompts=task.prompts, reward=task.reward, max_new_tokens=task.max_new_tokens
-    )
-    if checkpoint is not None:
+    if task.resume:
+        checkpoint, note = find_checkpoint(task.resume)
+        state = ckpt.read_json(checkpoint / STATE_FILE)
+        if not isinstance(state, dict) or "run" not in state or "config" not in state:
+            raise CheckpointError(f"{checkpoint / STATE_FILE}: holds no run definition and config")
+        given = given_settings(args)
+        refused, applied = resume_changes(given, state)
+        if refused:
+            may_change = ", ".join("--" + name.replace("_", "-") for name in sorted(RESUME_APPLIES))
+            raise UsageError(
+                f"--resume: {'; '.join(refused)}. A resumed run keeps its model, prompts, reward, max_new_tokens and "
+                f"training options (only {may_change} may change); to train its weights otherwise, start a new run "
+                f"with --model {checkpoint / 'model'}"
+            )
+        if note:
+            print(note, flush=True)
+        if applied:
+            print(f"resume: applying {', '.join(applied)}", flush=True)
+        recorded = state.get("metadata", {}).get(METADATA_KEY, {})
+        task = dataclasses.replace(task, **{
+            name: given.get(name, recorded.get(name, getattr(task, name))) for name in ("iterations", "eval_prompts")
+        }, output_dir=given.get("output_dir") or state["config"].get("run_dir") or task.output_dir)
+        options = {k: v for k, v in options.items() if k in RESUME_APPLIES}
+        options.setdefault("device", PPOConfig.device)  # the machine's, not the one the checkpoint was written on
+        options["run_dir"] = task.output_dir
+        _checked_config(PPOConfig, {**state["config"], **options})
+        check_output_dir(task.output_dir)
         print(f"resuming from {checkpoint}", flush=True)
-        agent = PPO.load(checkpoint, env, **options)
+        agent = PPO.load(checkpoint, **options)
+        reward = state["run"].get("reward") or "as recorded"
     else:
+        options["run_dir"] = task.output_dir
+        _checked_config(PPOConfig, options)
+        check_output_dir(task.output_dir)
+        env = TextGenVectorEnv(
+            1, model=task.model, prompts=task.prompts, reward=task.reward, max_new_tokens=task.max_new_tokens
+        )
         print(f"loading {task.model} ...", flush=True)
         agent = PPO(env, **options)
+        reward = task.reward
+    agent.metadata[METADATA_KEY] = {"iterations": task.iterations, "eval_prompts": task.eval_prompts}
     print(f"ready in {time.perf_counter() - start:.1f} s on {agent.device}"
-          f"{' (bf16 autocast)' if agent.bf16 else ''}; reward = {task.reward}", flush=True)
+          f"{' (bf16 autocast)' if agent.bf16 else ''}; reward = {reward}; iteration {agent.num_iterations} of "
+          f"{task.iterations}", flush=True)
 
-    prompts = [env.task.prompts[i % len(env.task.prompts)] for i in range(task.eval_prompts)]
+    prompts = [agent.task.prompts[i % len(agent.task.prompts)] for i in range(task.eval_prompts)]
     before = agent.evaluate(prompts, seed=agent.config.seed) if prompts else None
     total = task.iterations * agent.config.batch_size
     try:
-        agent.learn(total, reset_num_episodes=checkpoint is None)
+        agent.learn(total, reset_num_episodes=not task.resume)
     except TrainingError as error:  # its message says what went wrong and where the last good state is
         print(f"textenv: error: {error}", file=sys.stderr)
         return 2
+    except DiskFullError as error:  # "no space left on DEVICE while saving PATH"; the older checkpoints load
+        print(f"textenv: error: {error.strerror}", file=sys.stderr)
+        return 1
     if agent.num_episodes < total:  # a Ctrl-C: learn() saved a checkpoint and said where
         return 130
     after = agent.evaluate(prompts, seed=agent.config.seed) if prompts else None

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from textenv.agents import PPO, PPOConfig, TrainingError
+from textenv.agents import PPO, PPOConfig, TrainingError, checkpoint
 from textenv.agents.ppo_math import full_kl, masked_mean
 from textenv.devices import keep_freed_cpu_memory
 from textenv.envs import TextGenEnv
@@ -301,8 +301,12 @@ def test_checkpoint_then_resume_gives_the_same_next_iteration(tmp_path):
 def test_a_checkpoint_whose_optimizer_does_not_fit_is_refused_by_name(tmp_path):
     gae = small_agent(make_env()).save(tmp_path / "gae")
     rloo = small_agent(make_env(), advantage="rloo", group_size=2).save(tmp_path / "rloo")
-    (gae / "optimizer.pt").write_bytes((rloo / "optimizer.pt").read_bytes())  # one group where GAE has two
-    with pytest.raises(ValueError, match=r"gae/optimizer.pt holds 1 parameter group\(s\) where this agent has 2"):
+    name = "optimizer.safetensors"
+    (gae / name).write_bytes((rloo / name).read_bytes())  # one group where GAE has two
+    with pytest.raises(ValueError, match=rf"gae/{name}: \d+ bytes where the manifest says \d+ \(truncated or "):
+        PPO.load(gae, make_env())  # the manifest catches it first; sealed again, the load itself names it
+    checkpoint.seal(gae)
+    with pytest.raises(ValueError, match=rf"gae/{name} holds 1 parameter group\(s\) where this agent has 2"):
         PPO.load(gae, make_env())
 
 

@@ -128,9 +128,9 @@ def test_weights_only_periodic_checkpoints_and_a_full_final_one(tmp_path):
     agent.learn(total_episodes=24)
     checkpoints = tmp_path / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["iter_000001", "iter_000002", "iter_000003"]
-    assert not (checkpoints / "iter_000002" / "optimizer.pt").exists()
-    assert (checkpoints / "iter_000003" / "optimizer.pt").exists()  # the last one is complete
-    with pytest.warns(UserWarning, match="no optimizer.pt.*afresh"):
+    assert not (checkpoints / "iter_000002" / "optimizer.safetensors").exists()
+    assert (checkpoints / "iter_000003" / "optimizer.safetensors").exists()  # the last one is complete
+    with pytest.warns(UserWarning, match="no optimizer.safetensors.*afresh"):
         resumed = PPO.load(checkpoints / "iter_000002", make_env())
     assert resumed.num_iterations == 2 and not resumed.optimizer.state
     assert np.isfinite(resumed.train_iteration()["losses/policy_loss"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -165,3 +166,102 @@ def test_an_interrupted_run_saves_a_checkpoint_and_exits_130(tmp_path, capsys, f
     assert main(argv) == 130
     assert "interrupted after iteration 1" in capsys.readouterr().out
     assert (run / "checkpoints" / "iter_000001" / "trainer_state.json").exists()
+
+
+def history_of(run, iteration):
+    state = json.loads((run / "checkpoints" / f"iter_{iteration:06d}" / "trainer_state.json").read_text())
+    return [{k: v for k, v in h.items() if not k.startswith("perf/")} for h in state["history"]]
+
+
+def test_a_resume_without_flags_continues_the_same_run_as_an_unbroken_one(tmp_path, capsys):
+    """The issue's case: a "sentiment + length" run resumed with no --reward, --model or --batch-size kept the
+    CLI defaults (another reward, the default model's tokenizer); now it continues as recorded."""
+    run_flags = ["--model", TINY_MODEL, "--reward", "sentiment + length", "--batch-size", "4", "--mini-batch-size",
+                 "2", "--max-new-tokens", "4", "--eval-prompts", "0", "--precision", "fp32", "--no-progress"]
+    unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
+    assert main(["train", *run_flags, "--iterations", "4", "--output-dir", str(unbroken)]) == 0
+    assert main(["train", *run_flags, "--iterations", "4", "--checkpoint-every", "1", "--output-dir",
+                 str(resumed)]) == 0
+    shutil.rmtree(resumed / "checkpoints" / "iter_000004")  # as if stopped after iteration 3
+    capsys.readouterr()
+    assert main(["train", "--resume", str(resumed)]) == 0  # nothing else: the run's options, its output dir
+    out = capsys.readouterr().out
+    assert f"resuming from {resumed / 'checkpoints' / 'iter_000003'}" in out
+    assert "reward = sentiment + length; iteration 3 of 4" in out and "applying" not in out
+    state = json.loads((resumed / "checkpoints" / "iter_000004" / "trainer_state.json").read_text())
+    assert state["config"]["batch_size"] == 4 and state["run"]["model"] == TINY_MODEL
+    assert [t["source"] for t in state["run"]["reward_terms"]] == ["sentiment", "length"]
+    got, expected = history_of(resumed, 4), history_of(unbroken, 4)
+    assert len(got) == 4
+    for a, b in zip(got, expected):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+
+
+def test_with_resume_a_flag_that_changes_the_run_is_refused_by_name_and_others_are_applied(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY_RUN, "--reward", "sentiment + length", "--iterations", "1", "--output-dir",
+                 str(run)]) == 0
+    capsys.readouterr()
+    argv = ["train", "--resume", str(run), "--batch-size", "8", "--mini-batch-size", "4", "--reward", "length",
+            "--model", "smollm2-135m", "--max-new-tokens", "4"]  # the last one is the run's own value: fine
+    assert main(argv) == 2
+    err = one_line_error(capsys)
+    assert "--batch-size 8 differs from the run's 4" in err and "--mini-batch-size 4 differs from the run's 2" in err
+    assert "--reward 'length' differs from the run's 'sentiment + length'" in err
+    assert "--model 'smollm2-135m' differs from the run's 'tiny-random'" in err and "max-new-tokens" not in err
+    assert f"start a new run with --model {run / 'checkpoints' / 'iter_000001' / 'model'}" in err
+
+    elsewhere = tmp_path / "elsewhere"
+    argv = ["train", "--resume", str(run), "--reward", "sentiment+length", "--iterations", "2", "--checkpoint-every",
+            "1", "--device", "cpu", "--output-dir", str(elsewhere)]  # the same reward spelled otherwise: no change
+    assert main(argv) == 0, capsys.readouterr().err
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("resume: applying")]
+    assert lines == [f"resume: applying --iterations 2 (the run had 1), --checkpoint-every 1 (the run had 10), "
+                     f"--device cpu (the run had auto), --output-dir {elsewhere} (the run had {run})"]
+    assert (elsewhere / "checkpoints" / "iter_000002" / "manifest.json").exists()
+
+
+def test_resume_of_a_run_with_a_damaged_newest_checkpoint_falls_back_and_says_so(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TINY_RUN, "--iterations", "2", "--checkpoint-every", "1", "--output-dir", str(run)]) == 0
+    damaged = run / "checkpoints" / "iter_000002" / "model" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run / "checkpoints" / "iter_000002")]) == 2  # named: no fallback
+    assert f"{damaged}: 1000 bytes where the manifest says" in one_line_error(capsys)
+
+    assert main(["train", "--resume", str(run), "--iterations", "3"]) == 0
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if "damaged" in line]
+    assert len(notes) == 1 and notes[0].startswith(f"resume: skipped 1 damaged checkpoint(s) (iter_000002: {damaged}")
+    assert notes[0].endswith("resuming from the newest complete one, iter_000001")
+    assert json.loads((run / "checkpoints" / "iter_000003" / "trainer_state.json").read_text())["num_iterations"] == 3
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    assert main(["train", *TINY_RUN, "--output-dir", str(a_file)]) == 2
+    assert f"--output-dir {a_file}: a file, not a directory" in one_line_error(capsys)
+    assert main(["train", *TINY_RUN, "--output-dir", str(a_file / "run")]) == 2
+    assert f"--output-dir {a_file / 'run'}: cannot write there (Not a directory)" in one_line_error(capsys)
+    assert main(["train", "--resume", str(a_file)]) == 2
+    assert f"--resume: {a_file}: a file, not a checkpoint or run directory" in one_line_error(capsys)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root writes into read-only directories")
+def test_a_read_only_output_dir_is_one_line(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        assert main(["train", *TINY_RUN, "--output-dir", str(locked)]) == 2
+        assert f"--output-dir {locked}: cannot write there (Permission denied)" in one_line_error(capsys)
+    finally:
+        locked.chmod(0o755)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs Linux's sysfs, which no one may write into")
+def test_an_output_dir_on_a_filesystem_that_refuses_writes_is_one_line(capsys):
+    assert main(["train", *TINY_RUN, "--output-dir", "/sys/kernel/textenv-run"]) == 2
+    assert "--output-dir /sys/kernel/textenv-run: cannot write there (" in one_line_error(capsys)

@@ -42,6 +42,8 @@ class TextTask:
         rewards: the reward pipeline.
         chat_template: whether string prompts are wrapped in the tokenizer's chat template.
         templated: the prompts rendered from conversations, which :meth:`encode` never wraps again.
+        options: :meth:`build`'s arguments as given (but ``plugin_manager``): checkpoints record the run's
+            definition (the prompts' source, the reward spec as written) from them.
     """
 
     model_name: str | None
@@ -56,6 +58,7 @@ class TextTask:
     rewards: RewardPipeline
     chat_template: bool
     templated: frozenset[str] = field(default_factory=frozenset)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -122,6 +125,9 @@ class TextTask:
             rewards=rewards,
             chat_template=chat_template,
             templated=frozenset(t for t, item in zip(texts, items) if not isinstance(item, str)),
+            options=dict(model=model, tokenizer=tokenizer, prompts=prompts, max_new_tokens=max_new_tokens,
+                         max_prompt_tokens=max_prompt_tokens, reward=reward, chat_template=chat_template,
+                         eos_token_ids=eos_token_ids, vocab_size=vocab_size),
         )
         task.prompt_ids, task.prompt_mask = task.encode(texts, width=max_prompt_tokens)
         return task
