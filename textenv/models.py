@@ -163,6 +163,56 @@ def load_tokenizer(name_or_path: str):
     return tokenizer
 
 
+CONTEXT_ATTRIBUTES = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+"""The config attributes that hold a model's context length, in the order they are tried."""
+
+UNBOUNDED_LENGTH = 10**9
+"""A tokenizer's ``model_max_length`` at or above this means "not set" (transformers' VERY_LARGE_INTEGER)."""
+
+
+def context_length(name_or_path: str | None, tokenizer=None) -> int | None:
+    """The most tokens (prompt and completion together) a model takes, where it can be read cheaply.
+
+    Read from the model's config (``max_position_embeddings`` or its GPT-2 style synonyms, see
+    :data:`CONTEXT_ATTRIBUTES`) with ``AutoConfig`` from a local directory or the hub cache (never a download),
+    and from the tokenizer's ``model_max_length`` where that is a real number; the smaller one wins.
+
+    Args:
+        name_or_path: :data:`TINY_MODEL`, :data:`DEFAULT_MODEL`, a local directory or a hub id; or None.
+        tokenizer: the model's tokenizer, or None.
+
+    Returns:
+        The context length, or None when neither says.
+    """
+    found = []
+    if name_or_path == TINY_MODEL:
+        found.append(tiny_config().max_position_embeddings)
+    elif name_or_path:
+        found.append(_config_context_length(name_or_path))
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < UNBOUNDED_LENGTH:
+        found.append(limit)
+    found = [n for n in found if n]
+    return min(found) if found else None
+
+
+def _config_context_length(name_or_path: str) -> int | None:
+    from transformers import AutoConfig
+
+    if name_or_path == DEFAULT_MODEL and not is_converted(default_model_dir()):
+        return None  # not worth a conversion here: loading its tokenizer converts it first
+    try:
+        config = AutoConfig.from_pretrained(resolve_model(name_or_path), local_files_only=True)
+    except Exception:  # noqa: BLE001  (no config to read: the tokenizer's limit, if any, decides)
+        return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for attribute in CONTEXT_ATTRIBUTES:
+        value = getattr(config, attribute, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
 def load_causal_lm(
     name_or_path: str,
     *,

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from textenv.models import DEFAULT_MODEL, load_tokenizer
+from textenv.models import DEFAULT_MODEL, context_length, load_tokenizer
 from textenv.prompts import Conversation, PromptError, load_prompts, render_prompts
 from textenv.rewards import RewardPipeline
 
@@ -42,6 +42,8 @@ class TextTask:
         rewards: the reward pipeline.
         chat_template: whether string prompts are wrapped in the tokenizer's chat template.
         templated: the prompts rendered from conversations, which :meth:`encode` never wraps again.
+        context_length: the most tokens the model takes (prompt and completion), where known; prompts
+            are cut to it less ``max_new_tokens`` (see :attr:`prompt_limit`).
         options: :meth:`build`'s arguments as given (but ``plugin_manager``): checkpoints record the run's
             definition (the prompts' source, the reward spec as written) from them.
     """
@@ -58,6 +60,7 @@ class TextTask:
     rewards: RewardPipeline
     chat_template: bool
     templated: frozenset[str] = field(default_factory=frozenset)
+    context_length: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -70,6 +73,7 @@ class TextTask:
         max_new_tokens: int = 32,
         max_prompt_tokens: int | None = None,
         reward: Any = DEFAULT_REWARD,
+        reward_timeout: float | None = None,
         chat_template: bool = False,
         eos_token_ids: Sequence[int] | None = None,
         vocab_size: int | None = None,
@@ -85,10 +89,16 @@ class TextTask:
                 "content": "..."}]``, rendered with the chat template), a ``.txt``/``.jsonl``
                 file, a prompt-set name, or a ``datasets.Dataset`` with a ``prompt`` column.
             max_new_tokens: the completion length limit (truncated past it).
-            max_prompt_tokens: the prompt width P; by default the longest prompt's. Longer
-                prompts keep their last P tokens, with a warning.
+            max_prompt_tokens: the prompt width P; by default the longest prompt's, at most the
+                model's context length less ``max_new_tokens`` (the context read from the model's
+                config or the tokenizer's ``model_max_length``: :func:`textenv.models.context_length`).
+                Longer prompts keep their last P tokens, with one warning that says how many were cut;
+                a P past the context is refused.
             reward: the reward spec (``"sentiment + 0.5*length"``, a dict or a list), or
                 reward functions as TRL takes them (``fn`` or ``[fn, "sentiment"]``).
+            reward_timeout: seconds each reward source may take per call, for the terms that set no
+                ``timeout=`` of their own; None: ``$TEXTENV_REWARD_TIMEOUT`` if set, else no limit
+                (see :class:`textenv.rewards.RewardPipeline`).
             chat_template: wrap each string prompt as a user turn of the tokenizer's chat template.
             eos_token_ids: the ids that end an episode; the tokenizer's EOS by default.
             vocab_size: the action-space size; ``len(tokenizer)`` by default.
@@ -105,9 +115,17 @@ class TextTask:
         if chat_template and not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"chat_template=True needs a tokenizer with a chat template; {type(tokenizer).__name__} "
                              "has none")
+        context = context_length(model, tokenizer)
+        if context is not None and context - max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the model's context "
+                             f"of {context} tokens")
+        if context is not None and max_prompt_tokens is not None and max_prompt_tokens + max_new_tokens > context:
+            raise ValueError(f"max_prompt_tokens={max_prompt_tokens} + max_new_tokens={max_new_tokens} is past the "
+                             f"model's context of {context} tokens; give max_prompt_tokens <= "
+                             f"{context - max_new_tokens}")
         items = load_prompts(prompts, plugin_manager)
         texts = render_prompts(items, tokenizer)
-        rewards = RewardPipeline.from_spec(reward, plugin_manager)
+        rewards = RewardPipeline.from_spec(reward, plugin_manager, timeout=reward_timeout)
         eos = list(eos_token_ids) if eos_token_ids is not None else [tokenizer.eos_token_id]
         if any(e is None for e in eos):
             raise ValueError("the tokenizer has no EOS token: give eos_token_ids=")
@@ -125,9 +143,10 @@ class TextTask:
             rewards=rewards,
             chat_template=chat_template,
             templated=frozenset(t for t, item in zip(texts, items) if not isinstance(item, str)),
+            context_length=context,
             options=dict(model=model, tokenizer=tokenizer, prompts=prompts, max_new_tokens=max_new_tokens,
-                         max_prompt_tokens=max_prompt_tokens, reward=reward, chat_template=chat_template,
-                         eos_token_ids=eos_token_ids, vocab_size=vocab_size),
+                         max_prompt_tokens=max_prompt_tokens, reward=reward, reward_timeout=reward_timeout,
+                         chat_template=chat_template, eos_token_ids=eos_token_ids, vocab_size=vocab_size),
         )
         task.prompt_ids, task.prompt_mask = task.encode(texts, width=max_prompt_tokens)
         return task
@@ -138,6 +157,11 @@ class TextTask:
         return self.prompt_ids.shape[1]
 
     @property
+    def prompt_limit(self) -> int | None:
+        """The most prompt tokens the model's context leaves room for (context less T), or None when unknown."""
+        return None if self.context_length is None else self.context_length - self.max_new_tokens
+
+    @property
     def seq_len(self) -> int:
         """L = P + T, the width of an observation."""
         return self.prompt_width + self.max_new_tokens
@@ -145,10 +169,14 @@ class TextTask:
     def encode(self, texts: Sequence[str], width: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize prompts into a left-padded batch.
 
+        A prompt longer than the width keeps its last ``width`` tokens, and one warning says how
+        many were cut. Only a prompt's end is tokenized (:func:`tail_token_ids`), so a megabyte
+        of text costs no more than the tokens kept.
+
         Args:
             texts: the prompts.
-            width: the padded width; this task's P by default (the longest prompt when
-                building the bank).
+            width: the padded width; this task's P by default (the longest prompt, at most
+                :attr:`prompt_limit`, when building the bank).
 
         Returns:
             ids (n, width) and mask (n, width), both int64.
@@ -160,16 +188,22 @@ class TextTask:
                 )
                 for t in texts
             ]
-        encoded = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        bank = bool(self.prompt_ids.numel())
+        limit = width or (self.prompt_width if bank else self.prompt_limit)
+        encoded, was_cut = tail_token_ids(self.tokenizer, list(texts), limit)
         for i, ids in enumerate(encoded):
             if not ids:
-                raise PromptError(f"prompt #{i} {texts[i]!r} is empty after tokenization")
+                shown = texts[i] if len(texts[i]) <= 60 else texts[i][:57] + "..."
+                raise PromptError(f"prompt #{i} {shown!r} is empty after tokenization")
+        cut = sum(was_cut)
         if width is None:
-            width = self.prompt_width if self.prompt_ids.numel() else max(map(len, encoded))
-        too_long = sum(len(ids) > width for ids in encoded)
-        if too_long:
+            width = self.prompt_width if bank else max(map(len, encoded))
+        if cut:
+            why = "" if limit != self.prompt_limit else (
+                f" (the model's context of {self.context_length} tokens less max_new_tokens={self.max_new_tokens})"
+            )
             warnings.warn(
-                f"{too_long} prompt(s) longer than {width} tokens keep only their last {width} tokens",
+                f"{cut} prompt(s) longer than {width} tokens keep only their last {width} tokens{why}",
                 stacklevel=3,
             )
         ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)
@@ -192,3 +226,49 @@ class TextTask:
     def action_space(self) -> spaces.Discrete:
         """One action per token of the vocabulary."""
         return spaces.Discrete(self.vocab_size)
+
+
+TAIL_CHARS_PER_TOKEN = 4
+"""Characters taken per wanted token in :func:`tail_token_ids`' first try: enough for most tokenizers' texts."""
+
+TAIL_MARGIN = 16
+"""Extra tokens :func:`tail_token_ids` tokenizes before the kept ones: the cut may split a word, and only the
+tokens of that first word can differ from the whole text's tokenization."""
+
+
+def tail_token_ids(tokenizer: Any, texts: list[str], limit: int | None) -> tuple[list[list[int]], list[bool]]:
+    """The last ``limit`` token ids of each text, tokenizing only as much of its end as that takes.
+
+    Texts of at most ``TAIL_CHARS_PER_TOKEN * (limit + TAIL_MARGIN)`` characters are tokenized whole
+    (exactly), in one batch. A longer one is tokenized from a tail of that many characters, grown
+    fourfold until it yields ``limit + TAIL_MARGIN`` tokens, of which the last ``limit`` are kept: a
+    1 MB line costs about the tokens kept, not a megabyte's worth.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        texts: the prompts.
+        limit: the most tokens to keep; None keeps every token.
+
+    Returns:
+        Each text's ids (at most ``limit``) and whether it had more tokens than ``limit``.
+    """
+
+    def tokenize(pieces: list[str]) -> list[list[int]]:
+        return tokenizer(pieces, add_special_tokens=False)["input_ids"] if pieces else []
+
+    if limit is None:
+        return tokenize(texts), [False] * len(texts)
+    first = TAIL_CHARS_PER_TOKEN * (limit + TAIL_MARGIN)
+    short = [i for i, text in enumerate(texts) if len(text) <= first]
+    result: list[list[int]] = [[] for _ in texts]
+    for i, ids in zip(short, tokenize([texts[i] for i in short])):
+        result[i] = ids
+    for i in sorted(set(range(len(texts))) - set(short)):
+        text, chars = texts[i], first
+        while True:
+            ids = tokenize([text[-chars:] if chars < len(text) else text])[0]
+            if len(ids) >= limit + TAIL_MARGIN or chars >= len(text):
+                break
+            chars *= 4
+        result[i] = ids
+    return [ids[-limit:] for ids in result], [len(ids) > limit for ids in result]
