@@ -61,7 +61,7 @@ from textenv.envs.task import TextTask
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 from textenv.generation import Episodes, SamplingConfig, generate_episodes
 from textenv.models import load_causal_lm
-from textenv.rewards import RewardError
+from textenv.rewards import RewardError, RewardInterrupted
 
 VALUE_FILE = "value.safetensors"
 """The value head (and a separate value model), beside the policy's ``model/``."""
@@ -305,6 +305,11 @@ class PPO:
         except RewardError as error:  # e.g. a plugin's NaN: the weights are still the last iteration's
             self._restore_rollout_draws(draws)  # so that resuming samples this batch again
             self._stop(str(error), saved="the state after the last good iteration is saved in", cause=error)
+        except RewardInterrupted:  # Ctrl-C in a reward call (one that hangs, say): save the last good state, stop
+            self._restore_rollout_draws(draws)
+            if self.run:
+                print(f"\ncheckpoint of iteration {self.num_iterations} in {self._save_unless_saved()}", flush=True)
+            raise
         rollout_time = time.perf_counter() - start
         self._show_phase("log-probs")
         batch, reward_stats = self.make_batch(episodes)

@@ -21,18 +21,28 @@ A function taking ``**kwargs`` gets every context argument, so TRL's
 a spec directly (``reward=[fn, "sentiment"]``), each term named by its ``__name__``.
 
 The pipeline calls every source of a spec once per batch, checks what each returns
-(count, NaN/inf, exceptions: each error names the source and the offending item),
-applies per-term running normalization, clipping and weights, and keeps every term
-by name. Inside :meth:`RewardPipeline.one_batch` every call normalizes with the same
+(its type and shape, count, NaN/inf, magnitude, exceptions: each error names the source and
+the offending item), applies per-term running normalization, clipping and weights, and keeps
+every term by name. Inside :meth:`RewardPipeline.one_batch` every call normalizes with the same
 statistics, which take the whole batch in at the end.
+
+A source may be given a deadline per call (``sentiment(timeout=5)``, or the pipeline's default,
+see :class:`RewardPipeline`): past it, :class:`RewardTimeout` names the source. A Ctrl-C during
+a source's call raises :class:`RewardInterrupted`, a ``KeyboardInterrupt`` that names the source.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import contextvars
 import inspect
+import math
+import os
 import re
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,11 +51,33 @@ import numpy as np
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
 CONTEXT_ARGS = ("prompts", "completions", "completion_ids", "terminated", "tokens")
-TERM_OPTIONS = ("weight", "normalize", "clip")
+TERM_OPTIONS = ("weight", "normalize", "clip", "timeout")
+TIMEOUT_ENV = "TEXTENV_REWARD_TIMEOUT"
+"""The environment variable that gives every reward term a default timeout in seconds (when the pipeline is
+given none); unset or empty: no timeout."""
+
+MAX_ABS_REWARD = 1e6
+"""The largest magnitude a term's value may have once weighted, normalized and clipped (what enters the PPO
+loss). Past it the squared value loss and the advantages lose all precision and soon overflow float32, so the
+pipeline refuses it naming the source, rather than letting training stop later on "the loss is nan". (Inside
+:meth:`RewardPipeline.one_batch` a normalized term's first batch meets the initial statistics, mean 0 and
+variance 1, so a raw scale past the bound needs a weight there too.)"""
 
 
 class RewardError(ValueError):
     """A reward spec or a reward source's result is wrong; the message says which."""
+
+
+class RewardTimeout(RewardError):
+    """A reward source did not return within its timeout; the message names the source and the timeout."""
+
+
+class RewardInterrupted(KeyboardInterrupt):
+    """Ctrl-C while a reward source was scoring a batch: a ``KeyboardInterrupt`` whose message names the source.
+
+    The batch's rewards are lost. A training loop treats it as any interrupt: :meth:`textenv.agents.PPO.learn`
+    saves the state after the last complete iteration, and ``textenv train`` exits with status 130.
+    """
 
 
 @dataclass(frozen=True)
@@ -135,6 +167,7 @@ class TermSpec:
     clip: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
     fn: Callable[..., Any] | None = None
+    timeout: float | None = None
 
 
 _TERM_RE = re.compile(
@@ -155,9 +188,9 @@ def parse_reward_spec(spec: Any) -> list[TermSpec]:
           ``fn``, ``[fn, "sentiment"]``, ``{"source": fn, "weight": 0.5}``. The term is named
           by the function's ``__name__``, so it must have one (``def``, not ``lambda``).
 
-    Per-term keys ``weight``, ``normalize`` (running mean/std) and ``clip`` (symmetric
-    bound, applied after normalization) are ours; every other key is an option of
-    the source.
+    Per-term keys ``weight``, ``normalize`` (running mean/std), ``clip`` (symmetric
+    bound, applied after normalization) and ``timeout`` (seconds per call, see
+    :class:`RewardPipeline`) are ours; every other key is an option of the source.
 
     Raises:
         RewardError: the spec cannot be read; the message quotes the bad part.
@@ -259,6 +292,7 @@ def _parse_term(sign: float, text: str) -> TermSpec:
         weight=weight,
         normalize=_term_normalize(match["name"], options.pop("normalize", False)),
         clip=_term_clip(match["name"], options.pop("clip", None)),
+        timeout=_term_timeout(match["name"], options.pop("timeout", None)),
         options=options,
     )
 
@@ -323,6 +357,7 @@ def _term_from_mapping(name: str | Callable[..., Any], value: Any) -> TermSpec:
             weight=_term_weight(name, options.pop("weight", 1.0)),
             normalize=_term_normalize(name, options.pop("normalize", False)),
             clip=_term_clip(name, options.pop("clip", None)),
+            timeout=_term_timeout(name, options.pop("timeout", None)),
             options=options,
             fn=fn,
         )
@@ -374,6 +409,40 @@ def _term_clip(name: str, value: Any) -> float | None:
     return clip
 
 
+def _term_timeout(name: str, value: Any) -> float | None:
+    """Read a term's ``timeout``: None (the pipeline's default) or a number of seconds > 0.
+
+    Raises:
+        RewardError: anything else, naming the term.
+    """
+    if value is None:
+        return None
+    try:
+        timeout = None if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        timeout = None
+    if timeout is None or not timeout > 0 or math.isnan(timeout):
+        raise RewardError(f"reward term {name!r}: timeout= must be a number of seconds > 0, got {value!r}")
+    return timeout
+
+
+def default_timeout(timeout: float | None = None) -> float | None:
+    """The pipeline's default timeout: ``timeout`` if given, else ``$TEXTENV_REWARD_TIMEOUT`` (seconds), else None.
+
+    Raises:
+        RewardError: a timeout that is not a number > 0 (the environment variable's name is said).
+    """
+    if timeout is not None:
+        return _term_timeout("(every term)", timeout)
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        return _term_timeout("(every term)", text)
+    except RewardError:
+        raise RewardError(f"{TIMEOUT_ENV}={text!r}: expected a number of seconds > 0") from None
+
+
 # ------------------------------------------------------------------------ pipeline
 
 
@@ -407,12 +476,29 @@ class RewardTerm:
 
 
 class RewardPipeline:
-    """Calls every reward source of a spec once per batch and combines the terms."""
+    """Calls every reward source of a spec once per batch and combines the terms.
 
-    def __init__(self, terms: list[RewardTerm]):
+    Timeouts: a term's ``timeout=`` option, else the pipeline's ``timeout`` (``$TEXTENV_REWARD_TIMEOUT`` by
+    default), else none. A source with a timeout runs in a worker thread (a daemon thread, with the
+    caller's context variables and torch grad mode) while the caller waits; past the deadline
+    :class:`RewardTimeout` names the source and the timeout. A thread cannot be killed: the late call
+    is abandoned, still running, and its result is dropped if it ever comes. A source that must run on
+    the caller's thread (one holding a ``sqlite3`` connection made there, say) should have no timeout.
+    Without one a source runs on the caller's thread, as a plain call.
+
+    A Ctrl-C that reaches a source's call, with or without a timeout, raises :class:`RewardInterrupted`
+    naming it (a ``KeyboardInterrupt``).
+
+    Attributes:
+        terms: the terms, in spec order.
+        timeout: the default seconds per source call; None for no limit.
+    """
+
+    def __init__(self, terms: list[RewardTerm], timeout: float | None = None):
         if not terms:
             raise RewardError("a reward pipeline needs at least one term")
         self.terms = terms
+        self.timeout = default_timeout(timeout)
         # Inside one_batch(): each normalized term's raw values, folded into its statistics on exit.
         self._pending: dict[str, list[np.ndarray]] | None = None
 
@@ -448,12 +534,14 @@ class RewardPipeline:
                 term.stats.update(np.concatenate(pending[term.key]))
 
     @classmethod
-    def from_spec(cls, spec: Any, plugin_manager=None) -> RewardPipeline:
+    def from_spec(cls, spec: Any, plugin_manager=None, *, timeout: float | None = None) -> RewardPipeline:
         """Build the pipeline for a reward spec (see :func:`parse_reward_spec`).
 
         Args:
-            spec: the reward spec, or a ready pipeline (returned as is).
+            spec: the reward spec, or a ready pipeline (returned as is, its own timeout kept).
             plugin_manager: where to look sources up; the process default if None.
+            timeout: seconds each source may take per call, for terms without ``timeout=``; None:
+                ``$TEXTENV_REWARD_TIMEOUT`` if set, else no limit.
         """
         if isinstance(spec, RewardPipeline):
             return spec
@@ -470,7 +558,7 @@ class RewardPipeline:
             while any(t.key == key for t in terms):
                 key += "'"
             terms.append(RewardTerm(key, source, term_spec, source.bind(term_spec.options)))
-        return cls(terms)
+        return cls(terms, timeout=timeout)
 
     @property
     def wants_tokens(self) -> bool:
@@ -496,8 +584,11 @@ class RewardPipeline:
         :attr:`wants_tokens`.
 
         Raises:
-            RewardError: a source raised, or returned the wrong count, NaN or inf; the
-                message names the source and the offending completion.
+            RewardError: a source raised, or returned the wrong type, shape or count, NaN or inf,
+                or a value whose magnitude (weighted, normalized, clipped) is past
+                :data:`MAX_ABS_REWARD`; the message names the source and the offending completion.
+            RewardTimeout: a source did not return within its timeout.
+            RewardInterrupted: Ctrl-C during a source's call.
         """
         context = {
             "prompts": list(prompts),
@@ -514,16 +605,19 @@ class RewardPipeline:
         terms, raw_terms = {}, {}
         token_rewards: list[np.ndarray] | None = None
         for term in self.terms:
-            values = _call_source(term, context)
+            timeout = term.spec.timeout if term.spec.timeout is not None else self.timeout
+            values = _call_source(term, context, timeout)
             episode, per_token = _check_result(term.source.name, values, context)
             if per_token is None:
                 raw_terms[term.key] = episode
                 weighted = term.spec.weight * _normalize_clip(term, episode, self._pending)
+                _check_magnitude(term, weighted, episode, context)
             else:
                 raw_terms[term.key] = np.array([t.sum() for t in per_token])
                 flat = _normalize_clip(term, np.concatenate(per_token), self._pending) * term.spec.weight
                 splits = np.cumsum([len(t) for t in per_token])[:-1]
-                per_token = np.split(flat, splits)
+                raw_rows, per_token = per_token, np.split(flat, splits)
+                _check_magnitude(term, per_token, raw_rows, context)
                 if token_rewards is None:
                     token_rewards = [np.zeros(len(t)) for t in per_token]
                 token_rewards = [acc + t for acc, t in zip(token_rewards, per_token)]
@@ -563,11 +657,20 @@ def _normalize_clip(
     return values
 
 
-def _call_source(term: RewardTerm, context: dict[str, Any]) -> Any:
+def _call_source(term: RewardTerm, context: dict[str, Any], timeout: float | None = None) -> Any:
+    """The source's result for the batch; any failure becomes an error that names the source."""
+    start = time.monotonic()
     try:
-        return term.call(context)
+        return _call(term, context, timeout)
+    except RewardTimeout:
+        raise
+    except KeyboardInterrupt:
+        raise RewardInterrupted(
+            f"Ctrl-C while reward source {term.source.name!r} ({term.source.origin or 'unknown origin'}) "
+            f"was scoring {len(context['completions'])} completion(s), after {time.monotonic() - start:.1f} s"
+        ) from None
     except Exception as exc:
-        culprit = _find_failing_item(term, context)
+        culprit = _find_failing_item(term, context, timeout)
         where = f" on completion {culprit}" if culprit is not None else ""
         raise RewardError(
             f"reward source {term.source.name!r} ({term.source.origin or 'unknown origin'}) "
@@ -575,12 +678,50 @@ def _call_source(term: RewardTerm, context: dict[str, Any]) -> Any:
         ) from exc
 
 
-def _find_failing_item(term: RewardTerm, context: dict[str, Any]) -> str | None:
+def _call(term: RewardTerm, context: dict[str, Any], timeout: float | None) -> Any:
+    """``term.call(context)``; with a timeout, in a daemon thread that is abandoned at the deadline.
+
+    Raises:
+        RewardTimeout: the deadline passed first.
+    """
+    if timeout is None:
+        return term.call(context)
+    outcome: dict[str, Any] = {}
+    grad = sys.modules["torch"].is_grad_enabled() if "torch" in sys.modules else None
+    run_in_context = contextvars.copy_context().run
+
+    def work() -> None:
+        try:
+            if grad is None:
+                outcome["value"] = run_in_context(term.call, context)
+            else:
+                with sys.modules["torch"].set_grad_enabled(grad):
+                    outcome["value"] = run_in_context(term.call, context)
+        except BaseException as exc:  # noqa: BLE001  (handed to the caller's thread)
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name=f"textenv reward source {term.source.name}", daemon=True)
+    worker.start()
+    worker.join(timeout)  # a Ctrl-C interrupts the wait (KeyboardInterrupt in this thread)
+    if worker.is_alive():
+        raise RewardTimeout(
+            f"reward source {term.source.name!r} ({term.source.origin or 'unknown origin'}) did not return within "
+            f"its timeout of {timeout:g} s on {len(context['completions'])} completion(s); the call is abandoned "
+            f"(timeout= in the reward spec, or the pipeline's reward_timeout / ${TIMEOUT_ENV}, sets it)"
+        )
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _find_failing_item(term: RewardTerm, context: dict[str, Any], timeout: float | None = None) -> str | None:
     """Call the source on one item at a time to name the first one that raises."""
     for i in range(len(context["completions"])):
         single = {k: v[i : i + 1] for k, v in context.items()}
         try:
-            term.call(single)
+            _call(term, single, timeout)
+        except RewardTimeout:
+            return None
         except Exception:
             return _describe_item(i, context)
     return None
@@ -592,37 +733,87 @@ def _describe_item(i: int, context: dict[str, Any]) -> str:
     return f"#{i} {shown!r}"
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _as_numpy(value: Any) -> Any:
+    """A torch tensor as a numpy array (float32 first, as bf16 has no numpy type); anything else as it is."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        value = value.detach().cpu()
+        return (value.float() if value.is_floating_point() else value).numpy()
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    """A Python or numpy number (bool included), or a 0-d array of one."""
+    if isinstance(value, (bool, int, float, np.number, np.bool_)):
+        return True
+    return getattr(value, "ndim", None) == 0 and _as_numpy(value).dtype.kind in "biuf"
+
+
+def _is_row(value: Any) -> bool:
+    """One completion's per-token rewards: a 1-D numeric array, or a list/tuple of numbers."""
+    value = _as_numpy(value)
+    if isinstance(value, np.ndarray):
+        return value.ndim == 1 and value.dtype.kind in "biuf"
+    return isinstance(value, (list, tuple)) and all(_is_number(v) for v in value)
+
+
 def _check_result(
     name: str, values: Any, context: dict[str, Any]
 ) -> tuple[np.ndarray, list[np.ndarray] | None]:
-    """Return (episode values, None) or (None, per-token arrays), or raise naming the source."""
+    """Return (episode values, None) or (zeros, per-token arrays), or raise naming the source.
+
+    Accepted: a sequence or 1-D array of ``n`` numbers (one per completion), or a sequence of ``n``
+    rows, each a list or 1-D array with one number per token of that completion. Refused, each said
+    in one line: a dict, a string, a scalar, an array of another shape (an (n, 1) array too, even where
+    every completion has one token), strings or nested lists among the values, floats mixed with rows.
+    """
     n = len(context["completions"])
-    if values is None or isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
+    expected = f"a list of {n} floats (one per completion), or of {n} lists with one float per token"
+    values = _as_numpy(values)
+    if isinstance(values, np.ndarray) and (values.ndim != 1 or values.dtype.kind not in "biuf"):
         raise RewardError(
-            f"reward source {name!r} must return a sequence of {n} floats, got {type(values).__name__}"
+            f"reward source {name!r} returned an array of shape {values.shape} and dtype {values.dtype}; "
+            f"expected shape ({n},), one number per completion (per-token rewards: a list of {n} 1-D arrays)"
+        )
+    if values is None or isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__len__") \
+            or not hasattr(values, "__getitem__"):
+        raise RewardError(
+            f"reward source {name!r} must return a sequence of {n} floats (or of {n} per-token lists), "
+            f"got {type(values).__name__} {_short(values)}"
         )
     if len(values) != n:
         raise RewardError(f"reward source {name!r} returned {len(values)} values for {n} completions")
     if n == 0:
         return np.zeros(0), None
-    if n and all(isinstance(v, (int, float, np.number)) or _is_scalar_array(v) for v in values):
-        episode = np.asarray(values, dtype=np.float64).reshape(n)
+    numbers = [_is_number(v) for v in values]
+    if all(numbers):
+        episode = np.array([float(_as_numpy(v)) for v in values], dtype=np.float64)
         _check_finite(name, episode, context)
         return episode, None
+    for i, value in enumerate(values):
+        if not numbers[i] and not _is_row(value):
+            raise RewardError(
+                f"reward source {name!r} returned {_short(value)} for completion {_describe_item(i, context)}, "
+                f"a {type(value).__name__}; expected {expected}"
+            )
+    if any(numbers):
+        i, j = numbers.index(True), numbers.index(False)
+        raise RewardError(
+            f"reward source {name!r} returned a float for completion {_describe_item(i, context)} and a list for "
+            f"completion {_describe_item(j, context)}; expected {expected}, the same kind for every completion"
+        )
     per_token = []
     for i, row in enumerate(values):
-        try:
-            row = np.asarray(row, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
-            raise RewardError(
-                f"reward source {name!r} returned {row!r} for completion {_describe_item(i, context)}; "
-                "expected a float (or one float per token)"
-            ) from None
-        expected = len(context["completion_ids"][i])
-        if len(row) != expected:
+        row = np.asarray(_as_numpy(row), dtype=np.float64)
+        expected_len = len(context["completion_ids"][i])
+        if len(row) != expected_len:
             raise RewardError(
                 f"reward source {name!r} returned {len(row)} per-token rewards for completion "
-                f"{_describe_item(i, context)}, which has {expected} tokens"
+                f"{_describe_item(i, context)}, which has {expected_len} tokens"
             )
         bad = ~np.isfinite(row)
         if bad.any():
@@ -634,11 +825,6 @@ def _check_result(
     return np.zeros(n), per_token
 
 
-def _is_scalar_array(value: Any) -> bool:
-    """A 0-d numpy array or torch tensor counts as a float."""
-    return getattr(value, "ndim", None) == 0
-
-
 def _check_finite(name: str, values: np.ndarray, context: dict[str, Any]) -> None:
     bad = np.flatnonzero(~np.isfinite(values))
     if len(bad):
@@ -647,3 +833,25 @@ def _check_finite(name: str, values: np.ndarray, context: dict[str, Any]) -> Non
             f"reward source {name!r} returned {values[i]} for completion {_describe_item(i, context)}"
         )
 
+
+def _check_magnitude(term: RewardTerm, weighted: np.ndarray | list[np.ndarray], raw: np.ndarray | list[np.ndarray],
+                     context: dict[str, Any]) -> None:
+    """Refuse a term value past :data:`MAX_ABS_REWARD` (after weight, normalization, clipping), naming the source.
+
+    Args:
+        weighted: what enters the loss: (n,) values, or a list of one (T_i,) array per completion.
+        raw: the source's values, in the same layout.
+    """
+    rows = weighted if isinstance(weighted, list) else [weighted]
+    for r, row in enumerate(rows):
+        bad = np.flatnonzero(np.abs(row) > MAX_ABS_REWARD)
+        if not len(bad):
+            continue
+        k = int(bad[0])
+        i, value, where = (r, raw[r][k], f"at token {k} of") if isinstance(weighted, list) else (k, raw[k], "for")
+        scaled = "" if value == row[k] else f" ({row[k]:.4g} weighted, normalized and clipped)"
+        raise RewardError(
+            f"reward source {term.source.name!r} ({term.source.origin or 'unknown origin'}) returned {value:.4g} "
+            f"{where} completion {_describe_item(i, context)}{scaled}: a term past ±{MAX_ABS_REWARD:g} would make "
+            f"the PPO loss overflow; scale it with a weight (0.001*{term.key}), normalize=true or clip="
+        )
