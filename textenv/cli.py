@@ -3,6 +3,10 @@ commands (``textenv_add_commands``: the built-ins add ``train``, ``sft``, ``rm``
 turn config dataclasses into flags.
 
 Exit codes: 0 done, 2 a user's mistake (printed as one line), 130 interrupted, 1 anything else.
+
+Plugin switches come before the command, as pytest's: ``textenv -p no:NAME COMMAND`` runs without the
+plugin NAME (one that fails to load, say), ``-p NAME`` loads an installed plugin even with autoload off,
+``--disable-plugin-autoload`` loads no installed plugin (see :mod:`textenv.plugin_manager`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ from typing import Any, Literal
 
 from textenv.envs.task import DEFAULT_PROMPTS, DEFAULT_REWARD
 from textenv.models import DEFAULT_MODEL, ModelNotFoundError
-from textenv.plugin_manager import PluginError, PluginManager, get_plugin_manager
+from textenv.plugin_manager import (
+    AUTOLOAD_ENV,
+    DISABLE_ENV,
+    PluginError,
+    PluginManager,
+    configure_plugins,
+    get_plugin_manager,
+)
 from textenv.prompts import PromptError
 from textenv.rewards import RewardError
 
@@ -43,6 +54,15 @@ def build_parser(pm: PluginManager | None = None) -> tuple[argparse.ArgumentPars
         prog="textenv",
         description="RLHF on text in a Gymnasium env. Exit status: 0 done, 2 a user's mistake (said in one line), "
                     "130 interrupted, 1 anything else.",
+    )
+    parser.add_argument(
+        "-p", dest="plugins", action="append", default=[], metavar="NAME",
+        help=f"no:NAME runs without the plugin NAME (its entry-point name; {DISABLE_ENV}=NAME,... does the same); "
+             "NAME loads an installed plugin even with autoload off. Repeatable; before the command, as pytest's -p",
+    )
+    parser.add_argument(
+        "--disable-plugin-autoload", action="store_true",
+        help=f"load no installed plugin but those given with -p NAME (as {AUTOLOAD_ENV} set to any non-empty value)",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -67,17 +87,45 @@ def build_parser(pm: PluginManager | None = None) -> tuple[argparse.ArgumentPars
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``textenv`` command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     user_errors: tuple[type[Exception], ...] = (PluginError,)  # a plugin that fails to load, until the parser is built
     try:
+        disabled, load, no_autoload = plugin_switches(argv)
+        if disabled or load or no_autoload:  # before any plugin loads: the parser is built by the plugins
+            configure_plugins(disabled=disabled, load=load, autoload=False if no_autoload else None)
         parser, user_errors = build_parser()
         args = parser.parse_args(argv)
         return args.run(args) or 0
     except user_errors as exc:
         print(f"textenv: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # a second Ctrl-C during training, or one while loading
-        print("textenv: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a second Ctrl-C during training, one in a reward call, or one while loading
+        print(f"textenv: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
+
+
+def plugin_switches(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """The plugin switches before the command: ``-p no:NAME``, ``-p NAME``, ``--disable-plugin-autoload``.
+
+    Read before the parser is built, since plugins build it (argparse reads them again, and checks them).
+
+    Returns:
+        The names to block, the names to load, and whether autoload is switched off.
+    """
+    disabled, load, no_autoload = [], [], False
+    i = 0
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        arg, value = argv[i], None
+        if arg == "-p" and i + 1 < len(argv):
+            value, i = argv[i + 1], i + 1
+        elif arg.startswith("-p") and not arg.startswith("--"):
+            value = arg[2:].removeprefix("=")
+        elif arg == "--disable-plugin-autoload":
+            no_autoload = True
+        if value is not None:
+            (disabled if value.startswith("no:") else load).append(value.removeprefix("no:"))
+        i += 1
+    return disabled, load, no_autoload
 
 
 # ------------------------------------------------------------- config dataclasses as flags
