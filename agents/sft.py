@@ -42,6 +42,10 @@ class SFTDataError(ValueError):
     """Demonstrations could not be used; the message gives the file and line, or the bad item."""
 
 
+class SFTOutputError(ValueError):
+    """The output directory cannot take the model: a file, not writable, or holding something else."""
+
+
 @dataclass(frozen=True)
 class Demonstration:
     """One human-written example: the prompt and the completion to imitate."""
@@ -324,6 +328,7 @@ def train_sft(
     model: str = DEFAULT_MODEL,
     config: SFTConfig = SFTConfig(),
     progress: bool = True,
+    overwrite: bool = False,
 ) -> SFTResult:
     """Fine-tune a causal LM on demonstrations with transformers' ``Trainer``.
 
@@ -336,15 +341,20 @@ def train_sft(
             directory or a hub id.
         config: the training options.
         progress: show a progress bar with the latest loss.
+        overwrite: replace a fine-tuned model already saved in ``output_dir`` (as ``textenv rm train
+            --overwrite`` does a reward model); a directory holding anything else is refused either way.
 
     Returns:
         An :class:`SFTResult`; ``result.path`` loads with :func:`~textenv.models.load_causal_lm`.
 
     Raises:
         SFTDataError: the demonstrations are unusable (see :func:`load_demonstrations`).
+        SFTOutputError: ``output_dir`` is a file, is not writable, holds other files, or holds a
+            fine-tuned model and ``overwrite`` is False (checked before anything is loaded).
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
+    check_output_dir(Path(output_dir), overwrite)
     demos = load_demonstrations(data)
     tokenizer = load_tokenizer(model)
     device = resolve_device(config.device)
@@ -407,6 +417,29 @@ def train_sft(
     }
     (result.path / METADATA_FILENAME).write_text(json.dumps(metadata, indent=2) + "\n")
     return result
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse an output directory that cannot take the model, before any training.
+
+    Raises:
+        SFTOutputError: ``path`` is not a directory, is not writable (or its nearest existing parent is
+            not), holds files but no fine-tuned model (:data:`METADATA_FILENAME`), or holds one and
+            ``overwrite`` is False.
+    """
+    if path.exists() and not path.is_dir():
+        raise SFTOutputError(f"--output {path}: exists and is not a directory")
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise SFTOutputError(f"--output {path}: {existing} is not writable")
+    if path.is_dir() and any(path.iterdir()):
+        if not (path / METADATA_FILENAME).is_file():
+            raise SFTOutputError(
+                f"--output {path}: the directory is not empty and holds no fine-tuned model ({METADATA_FILENAME}); "
+                "choose another directory"
+            )
+        if not overwrite:
+            raise SFTOutputError(f"--output {path}: already holds a fine-tuned model; pass --overwrite to replace it")
 
 
 def _loss_bar():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from textenv.agents.sft import SFTConfig, SFTDataError, train_sft
+from textenv.agents.sft import SFTConfig, SFTDataError, SFTOutputError, train_sft
 from textenv.models import DEFAULT_MODEL
 from textenv.plugin_manager import hookimpl
 
@@ -40,8 +40,9 @@ def textenv_add_commands(subparsers):
     )
     p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=defaults.precision)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--overwrite", action="store_true", help="replace a fine-tuned model saved in DIR")
     p.set_defaults(run=run_sft)
-    return [SFTDataError]
+    return [SFTDataError, SFTOutputError]
 
 
 def run_sft(args: argparse.Namespace) -> int:
@@ -61,7 +62,7 @@ def run_sft(args: argparse.Namespace) -> int:
         raise SFTDataError(str(exc)) from None
     start = time.perf_counter()
     print(f"fine-tuning {args.model} on {args.data} ...", flush=True)
-    result = train_sft(args.data, args.output, model=args.model, config=config)
+    result = train_sft(args.data, args.output, model=args.model, config=config, overwrite=args.overwrite)
     first = result.losses[0][1] if result.losses else float("nan")
     print(
         f"{result.num_examples} demonstrations ({result.num_completion_tokens} completion tokens"

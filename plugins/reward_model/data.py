@@ -135,14 +135,24 @@ def read_preferences(source: str | Path | Iterable[Mapping[str, Any]]) -> Prefer
 
 
 def _jsonl_rows(path: Path) -> Iterable[tuple[str, Any]]:
-    """Yield (``PATH:LINE``, parsed object) for each non-blank line."""
+    """Yield (``PATH:LINE``, parsed object) for each non-blank line.
+
+    Raises:
+        PreferenceDataError: no such file, a line that is not UTF-8 or not JSON (``PATH:LINE: ...``).
+    """
     if not path.is_file():
         raise PreferenceDataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise PreferenceDataError(
+                    f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)"
+                ) from None
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as exc:
