@@ -139,7 +139,7 @@ def supervised_fine_tuning(sizes: Sizes, output_dir: Path, seed: int) -> Path:
     """Step 1: fine-tune the pretrained LM on the demonstrations."""
     print(f"[1/4] SFT of {sizes.model} on {DEMONSTRATIONS}", flush=True)
     config = SFTConfig(epochs=sizes.sft_epochs, learning_rate=sizes.sft_lr, seed=seed)
-    result = train_sft(DEMONSTRATIONS, output_dir, model=sizes.model, config=config, overwrite=True)  # a rerun replaces it
+    result = train_sft(DEMONSTRATIONS, output_dir, model=sizes.model, config=config, overwrite=True)
     first, last = result.losses[0][1], result.final_loss
     print(f"      loss {first:.3f} -> {last:.3f} in {result.seconds:.0f} s", flush=True)
     return result.path
