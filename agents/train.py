@@ -3,6 +3,10 @@
 Every :class:`~textenv.agents.PPOConfig` field is a flag, generated from the dataclass, and so are the
 task options of :class:`TrainTask`; both take their defaults from the dataclasses. ``--config FILE``
 gives any of them from a YAML or JSON file, and flags override the file.
+
+``--resume`` continues a run exactly as its checkpoint records it (:mod:`textenv.agents.run_definition`), so
+the defaults never replace what the run was started with; the flags of :data:`RESUME_APPLIES` may change it
+(each change is said in one line), any other option given with another value is refused, naming the flag.
 """
 
 from __future__ import annotations
@@ -72,8 +76,9 @@ class TrainTask:
     output_dir: str = "runs/textenv"
     """The run directory (PPOConfig's run_dir): TensorBoard events, samples.jsonl, checkpoints/, reward_curve.png."""
     resume: str | None = None
-    """A checkpoint directory, or a run directory (its latest checkpoint), to continue; the run's options are the
-    checkpoint's, with the ones given here over them."""
+    """A checkpoint directory, or a run directory (its newest complete checkpoint), to continue as recorded: its
+    model, prompts, reward and options. Only output, iteration, hardware, logging and checkpoint flags may change
+    it; another value for any other option is refused, naming the flag."""
 
     def __post_init__(self) -> None:
         for name in ("model", "prompts", "reward", "output_dir"):
