@@ -32,7 +32,7 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from textenv.agents import checkpoint, run_definition
+from textenv.agents import checkpoint, lora, run_definition
 from textenv.agents.checkpoint import STATE_FILE, CheckpointError
 from textenv.agents.policy import ActorCritic, frozen_copy
 from textenv.agents.ppo_config import PPOConfig
@@ -159,8 +159,19 @@ class PPO:
         model = model.to(self.device).float()
         self._prefer_eager_attention(model)
         self.reference_is_env_model = reference_is_env_model
+        if cfg.lora_rank and not lora.is_peft_model(model):
+            model = lora.wrap(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                              targets=cfg.lora_target_modules, base=self._base_source(model))
+        self.lora = lora.is_peft_model(model)  # PPO(env, model=get_peft_model(...)) too
+        if self.lora and not lora.base_source(model):
+            raise ValueError("the LoRA model's base records no name_or_path, so no checkpoint could rebuild it: "
+                             "load the base with from_pretrained(path), or give lora_rank= and no model")
+        if self.lora and self.bf16:  # the frozen base only runs under bf16 autocast, as a reference does
+            lora.store_base_in_bf16(model)
         if not cfg.uses_reference:
             self.reference = None
+        elif self.lora:  # one copy of the base weights: the reference is the policy with its adapter disabled
+            self.reference = lora.AdapterDisabled(model)
         else:
             self.reference = reference.to(self.device) if reference is not None else frozen_copy(model)
             self._prefer_eager_attention(self.reference)
@@ -193,6 +204,14 @@ class PPO:
         self._saved: tuple[Path, int, bool] | None = None  # the last checkpoint: its path, iteration, optimizer
         self._schedule_end: int | None = None  # the run's episode count where the current learn() call ends
         self._bar: tqdm | None = None
+
+    def _base_source(self, model: torch.nn.Module) -> str | None:
+        """Where a LoRA policy's base weights come from: the env's model (a hub id, or a directory as an absolute
+        path), else the model's own ``name_or_path`` (None when it has none, e.g. built from a config)."""
+        if self.reference_is_env_model:
+            run = run_definition.describe_task(self.task)
+            return run["model_path"] or run["model"]
+        return getattr(model, "name_or_path", None) or None
 
     def _prefer_eager_attention(self, model: torch.nn.Module) -> None:
         if self.device.type == "cpu" and hasattr(model, "set_attn_implementation"):
@@ -470,6 +489,8 @@ class PPO:
         cfg = self.config
         # Dropout stays off, as in the rollout: before the first step the ratio must be exactly 1.
         self.policy.eval()
+        if self.lora and cfg.lora_dropout:  # asked for: on in the update's forwards only (eval() turns it off)
+            lora.set_adapter_dropout(self.policy.lm, True)
         logged: list[tuple[dict[str, float], float]] = []  # each stepped mini-batch's statistics, its tokens
         skipped = steps = 0
         stop = False
@@ -701,13 +722,15 @@ class PPO:
     def _write_checkpoint(self, tmp: Path, optimizer: bool) -> None:
         """Fill a checkpoint directory; ``trainer_state.json`` last (the manifest comes after it)."""
         with _quiet_transformers_bars():  # "Writing model shards" would break our bar's line
-            self.policy.lm.save_pretrained(tmp / "model")
+            # A LoRA policy's is its adapter; peft's "auto" would look the base up on the hub to see whether
+            # the vocabulary changed (it cannot: no embedding layer trains).
+            self.policy.lm.save_pretrained(tmp / "model", **({"save_embedding_layers": False} if self.lora else {}))
         if hasattr(self.task.tokenizer, "save_pretrained"):
             self.task.tokenizer.save_pretrained(tmp / "model")
         heads = self._head_tensors()
         if heads:
             checkpoint.write_file(tmp / VALUE_FILE, safetensors.torch.save(heads))
-        if self.reference is not None and not self.reference_is_env_model:  # e.g. PPO(env, model=sft_model)
+        if self.reference is not None and not self.lora and not self.reference_is_env_model:  # PPO(env, model=sft)
             with _quiet_transformers_bars():
                 self.reference.save_pretrained(tmp / "reference")
         if optimizer:
@@ -736,11 +759,17 @@ class PPO:
             heads[key] = tensor.detach().contiguous()
         return heads
 
+    def _lora_base_record(self) -> dict[str, str]:
+        """A LoRA run's ``lora_base``: where its base weights come from (``model/`` holds the adapter only)."""
+        if not self.lora:
+            return {}
+        return {run_definition.LORA_BASE: lora.base_source(self.policy.lm)}
+
     def _trainer_state(self, optimizer: bool = True) -> dict[str, Any]:
         return {
             "format": checkpoint.FORMAT,
             "config": dataclasses.asdict(self.config),
-            "run": run_definition.describe_task(self.task),
+            "run": {**run_definition.describe_task(self.task), **self._lora_base_record()},
             "metadata": self.metadata,
             "optimizer": optimizer,
             "num_iterations": self.num_iterations,
@@ -822,10 +851,20 @@ class PPO:
                     f"with PPO(env, model=load_causal_lm('{path / 'model'}'))"
                 )
         with _quiet_transformers_bars():  # "Loading weights" bars would bury the resume's one-line notes
-            model = _load_part(path / "model", lambda p: load_causal_lm(str(_check_safetensors(p)), device=device,
-                                                                        dtype=torch.float32))
             saved_reference = (path / "reference").exists()
-            if not agent.config.uses_reference:
+            if lora.is_adapter_dir(path / "model"):  # the adapter only: on its base, which is the reference too
+                base = run.get(run_definition.LORA_BASE) or run.get("model_path") or run["model"]
+                try:
+                    base_model = load_causal_lm(base, device=device, dtype=torch.float32)
+                except Exception as exc:  # noqa: BLE001 - a moved directory, no network: one line naming it
+                    raise CheckpointError(f"{path}: its LoRA base {base!r} ({run_definition.LORA_BASE} in "
+                                          f"{STATE_FILE}) cannot be loaded ({type(exc).__name__}: "
+                                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
+                model = _load_part(path / "model", lambda p: lora.load(base_model, _check_safetensors(p)))
+            else:
+                model = _load_part(path / "model", lambda p: load_causal_lm(str(_check_safetensors(p)),
+                                                                            device=device, dtype=torch.float32))
+            if not agent.config.uses_reference or lora.is_peft_model(model):  # (a LoRA's: _setup's)
                 reference = None
             elif saved_reference:
                 reference = frozen_copy(_load_part(

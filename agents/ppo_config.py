@@ -125,6 +125,20 @@ class PPOConfig:
     """Must stay 1.0 in training: top-k/top-p truncate the rollout's sampling distribution while PPO's ratio and
     KL use the full one. ``evaluate()``/``generate()`` take their own."""
 
+    # --- LoRA
+    lora_rank: int = 0
+    """Rank of LoRA adapters (``peft``; ``pip install 'textenv[lora]'``): only the adapters and the value head
+    train, and the KL reference is the same model with its adapters disabled, so the base weights are held once;
+    checkpoints hold the adapters. 0: full fine-tuning."""
+    lora_alpha: float = 16.0
+    """LoRA's scale: the adapters' update is multiplied by ``lora_alpha / lora_rank``."""
+    lora_dropout: float = 0.0
+    """Dropout on the adapters' input in the update's forwards (the rollout and the old and reference log-probs
+    run without it, so with dropout an unchanged policy's ratio is no longer exactly 1)."""
+    lora_target_modules: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Comma-separated names of the Linear layers that get adapters (the default: every projection of a
+    Llama-style model), or ``all-linear``."""
+
     # --- hardware, logging and checkpoints
     device: str = "auto"
     """``auto`` (CUDA if available), ``cpu``, ``cuda``, ``cuda:1`` ..."""
@@ -178,6 +192,12 @@ class PPOConfig:
         for name in ("gamma", "lam"):
             _require(self, name, lambda v: 0 <= v <= 1, "in [0, 1]")
         _require(self, "ratio_threshold", lambda v: v > 1, "> 1 (an unchanged policy's mean ratio is 1)")
+        _require(self, "lora_rank", lambda v: v >= 0, ">= 0 (0: no LoRA)")
+        _require(self, "lora_alpha", lambda v: v > 0, "positive")
+        _require(self, "lora_dropout", lambda v: 0 <= v < 1, "in [0, 1)")
+        if not all(name.strip() for name in self.lora_target_modules.split(",")):
+            raise ValueError(f"lora_target_modules must be comma-separated module names (or all-linear), got "
+                             f"{self.lora_target_modules!r}")
         if self.top_k < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"need top_k >= 0 and 0 < top_p <= 1, got top_k={self.top_k}, top_p={self.top_p}")
 
@@ -210,6 +230,15 @@ class PPOConfig:
                 "adaptive_kl needs init_kl_coef > 0: the controller scales the weight, so from 0 it stays 0; "
                 "for no KL penalty set adaptive_kl=False"
             )
+        if self.lora_rank and self.value_model == "separate":
+            raise ValueError(
+                "lora_rank with value_model 'separate' would hold a second copy of the base weights for the critic; "
+                "use value_model 'shared' (the value head on the policy's trunk)"
+            )
+        if self.lora_rank:
+            from textenv.agents.lora import require_peft
+
+            require_peft("lora_rank")
         if self.top_k != 0 or self.top_p != 1.0:
             raise ValueError(
                 f"top_k={self.top_k}, top_p={self.top_p}: top_k/top_p truncate the sampling distribution while PPO's "

@@ -6,7 +6,8 @@ as named (and its absolute path when it is a local directory), the tokenizer's c
 their count and two fingerprints (sha256 of the prompt texts; sha256 of their token ids as encoded, which
 catches another tokenizer, chat template or prompt width), the reward spec as written and as parsed terms
 (a function term by its qualified name ``module:qualname``), ``max_new_tokens``, ``max_prompt_tokens`` and the
-prompt width P, ``chat_template``, the EOS ids and the vocabulary size.
+prompt width P, ``chat_template``, the EOS ids and the vocabulary size; for a LoRA policy, where its base
+weights come from (:data:`LORA_BASE`, set by the agent).
 
 :func:`rebuild_task` makes the task again from a checkpoint alone (``PPO.load(path)`` without an env): the
 tokenizer saved beside the weights, the recorded prompt texts and reward terms.
@@ -26,6 +27,10 @@ from textenv.agents.checkpoint import CheckpointError, read_json
 from textenv.envs.task import TextTask
 
 PROMPTS_FILE = "prompts.json"
+LORA_BASE = "lora_base"
+"""A LoRA run's key: where its base weights come from (a hub id, or a directory as an absolute path). Its
+checkpoints' ``model/`` holds the adapter only, so loading rebuilds the base from here (not compared: the
+model recorded beside it is)."""
 
 _COMPARED = {  # recorded key: how a difference is named
     "model": "model",
