@@ -111,6 +111,52 @@ def test_generate_episodes_matches_a_step_by_step_recomputation(tiny_options):
     assert width == vec.task.prompt_width
 
 
+class _CountingLM(torch.nn.Module):
+    """A causal LM that counts its forwards (the steps of the token loop)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.forwards = model, model.config, 0
+
+    def forward(self, **kwargs):
+        self.forwards += 1
+        return self.model(**kwargs)
+
+
+@pytest.mark.parametrize("eos", [list(range(0, 384, 3)), list(range(384))], ids=["rows-end-apart", "all-end-at-once"])
+def test_the_token_loop_stops_at_the_step_the_last_row_ends(tiny_options, eos):
+    """The loop counts the rows still running from the env's info (no device read per token)."""
+    model = _CountingLM(load_causal_lm("tiny-random"))
+    vec = TextGenVectorEnv(6, autoreset_mode="Disabled", **{**tiny_options, "max_new_tokens": 16, "eos_token_ids": eos})
+    episodes = generate_episodes(model, vec, seed=5)
+    lengths = episodes.completion_mask.sum(1)  # (N,)
+    assert model.forwards == int(lengths.max())
+    if len(eos) == 384:
+        assert model.forwards == 1
+    else:  # some rows ended before others, and the last one before the length limit
+        assert len(set(lengths.tolist())) > 1 and model.forwards < 16
+    assert all(isinstance(text, str) for text in episodes.completions) and np.isfinite(episodes.rewards).all()
+
+
+def test_a_preallocated_static_cache_gives_the_same_episodes_as_a_growing_one(tiny_options):
+    """Left-padded prompts of different lengths, rows ending at different steps, sampled, with values."""
+    model = load_causal_lm("tiny-random")
+    head = torch.nn.Linear(model.config.hidden_size, 1)
+    vec = TextGenVectorEnv(6, autoreset_mode="Disabled", **{**tiny_options, "max_new_tokens": 10,
+                                                             "eos_token_ids": list(range(0, 384, 8))})
+    runs = [
+        generate_episodes(model, vec, seed=11, value_head=lambda h: head(h).squeeze(-1), static_cache=static)
+        for static in (False, True)
+    ]
+    growing, static = runs
+    assert len(set(growing.completion_mask.sum(1).tolist())) > 1  # the rows ended at different steps
+    assert (growing.prompt_mask == 0).any()  # some prompts were left-padded
+    assert torch.equal(growing.completion_ids, static.completion_ids)
+    torch.testing.assert_close(static.logprobs, growing.logprobs, rtol=0, atol=1e-5)
+    torch.testing.assert_close(static.values, growing.values, rtol=0, atol=1e-5)
+    assert growing.completions == static.completions
+
+
 def test_sampling_is_reproducible_under_a_seed(tiny_options):
     model = load_causal_lm("tiny-random")
     vec = TextGenVectorEnv(4, autoreset_mode="Disabled", **tiny_options)

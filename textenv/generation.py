@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList, TopKLogitsWarper, TopPLogitsWarper
+from transformers import LogitsProcessorList, StaticCache, TopKLogitsWarper, TopPLogitsWarper
 
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 
@@ -89,11 +89,15 @@ def generate_episodes(
     prompts: list[str] | None = None,
     progress: bool = False,
     value_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    static_cache: bool = False,
 ) -> Episodes:
     """Run one episode in every row of ``env`` with ``model`` choosing the tokens.
 
     Every row starts together and the loop stops when all have ended; the model sees
-    the prompt once, then one new token per step through its KV cache. Normalized reward
+    the prompt once, then one new token per step through its KV cache. The loop itself
+    never waits on the device: whether every row has ended is counted on the host from
+    the env's info (which names the rows that ended), not read back from a tensor, so on
+    CUDA the next step's kernels can be queued while the last ones run. Normalized reward
     terms score every row with the same statistics, updated once with the whole batch at
     the end (:meth:`textenv.rewards.RewardPipeline.one_batch`).
 
@@ -107,6 +111,12 @@ def generate_episodes(
         progress: show a progress bar over the generated tokens.
         value_head: maps the last hidden state (N, H) to values (N,); when given, the
             values of every step are returned (from the same forward as the logits).
+        static_cache: keep the keys and values in a cache allocated once for the whole
+            episode (transformers' ``StaticCache``, prompt width + ``max_new_tokens``
+            positions) instead of one that grows by a concatenation each step. Same
+            tokens and log-probs; each step then attends over all preallocated positions
+            (the unwritten ones masked), which costs more on a CPU but gives the decode
+            step fixed shapes and addresses on a GPU (what ``torch.compile``/CUDA graphs need).
     """
     if env.autoreset_mode != AutoresetMode.DISABLED:
         raise ValueError("generate_episodes needs an env with autoreset_mode='Disabled'")
@@ -120,16 +130,25 @@ def generate_episodes(
     n, width, limit = env.num_envs, env.task.prompt_width, env.task.max_new_tokens
     prompt_ids, attention = obs["input_ids"][:, :width], obs["attention_mask"][:, :width]  # (N, P)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (N, P)
-    inputs, cache = prompt_ids, None
+    # The whole episode's attention mask, allocated once: the prompt's, then 1 for every
+    # completion position. Each step reads a prefix (a view, no concatenation); a row that
+    # ended keeps attending to its own frozen tokens, which only its ignored logits see.
+    full_mask = torch.cat([attention, attention.new_ones(n, limit)], dim=1)  # (N, P + T)
+    cache = StaticCache(config=model.config, max_cache_len=width + limit) if static_cache else None
+    inputs = prompt_ids
     warpers = sampling.warpers()
     logprobs = torch.zeros(n, limit, device=env.device)  # (N, T)
     values = torch.zeros(n, limit, device=env.device) if value_head is not None else None
     done = torch.zeros(n, dtype=torch.bool, device=env.device)
+    running = n  # rows not ended yet, counted on the host from the env's info: no device sync per token
     ended = _Ended(n, limit, env.task.rewards.names)
     bar = tqdm(total=limit, desc="generating", unit="tok", disable=not progress, leave=False)
     # One set of normalization statistics for the whole batch, though rows end at different steps.
     with env.task.rewards.one_batch():
         for t in range(limit):
+            # A static cache masks the whole preallocated length (its unwritten positions are
+            # also behind the causal mask); a growing cache takes the mask up to this token.
+            attention = full_mask if static_cache else full_mask[:, : width + t]  # (N, P + t)
             out = model(
                 input_ids=inputs, attention_mask=attention, position_ids=positions, cache=cache,
                 use_cache=True, output_hidden_states=value_head is not None,
@@ -142,18 +161,18 @@ def generate_episodes(
             _, reward, terminated, truncated, info = env.step(actions)
             if "completion" in info:
                 ended.collect(info, reward)
+                running -= int(info["_completion"].sum())  # host numpy: the rows that ended at this step
             done |= terminated | truncated
             bar.update(1)
-            if bool(done.all()):
+            if running == 0:
                 break
             inputs = actions.unsqueeze(1)  # (N, 1)
-            attention = torch.cat([attention, torch.ones_like(inputs)], dim=1)  # (N, P + t + 1)
             positions = positions[:, -1:] + 1  # (N, 1)
     bar.close()
     ids, mask = env.completion_tokens()  # (N, T) each
     return Episodes(
         prompts=ended.prompts, completions=ended.completions, rewards=ended.rewards,
-        reward_terms=ended.terms, prompt_ids=prompt_ids, prompt_mask=attention[:, :width],
+        reward_terms=ended.terms, prompt_ids=prompt_ids, prompt_mask=full_mask[:, :width],
         completion_ids=ids, completion_mask=mask, logprobs=logprobs,
         token_rewards=ended.token_rewards.to(env.device), values=values,
     )
