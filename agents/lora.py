@@ -15,7 +15,10 @@ transformers model (:func:`merged`).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +80,8 @@ def wrap(model: nn.Module, *, rank: int, alpha: float, dropout: float, targets: 
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules(targets),
                         bias="none", task_type="CAUSAL_LM")
     try:
-        peft_model = get_peft_model(model, config)
+        with _quiet_peft():
+            peft_model = get_peft_model(model, config)
     except ValueError as exc:
         names = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(f"lora_target_modules {targets!r}: {str(exc).splitlines()[0]} (its Linear layers: "
@@ -92,7 +96,17 @@ def load(base: nn.Module, adapter_dir: str | Path, *, trainable: bool = True) ->
     require_peft(f"{adapter_dir} (a LoRA adapter)")
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+    with _quiet_peft():
+        return PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=trainable)
+
+
+@contextlib.contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft asks transformers 5 a deprecated question (``is_gradient_checkpointing``) each time it wraps a model:
+    a warning for peft's maintainers, not for our users."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def base_source(peft_model: nn.Module) -> str | None:

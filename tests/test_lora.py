@@ -173,3 +173,34 @@ def test_lora_without_peft_says_what_to_install(monkeypatch):
     monkeypatch.setattr(lora, "peft_available", lambda: False)
     with pytest.raises(ValueError, match=r"^lora_rank needs peft: pip install 'textenv\[lora\]'$"):
         PPOConfig(lora_rank=4)
+
+
+def test_a_peft_model_given_to_ppo_shares_its_base_with_the_reference_too(tmp_path):
+    """PPO(env, model=get_peft_model(...)) used to train with a frozen full copy as the reference."""
+    from peft import LoraConfig, get_peft_model
+
+    load_causal_lm("tiny-random").save_pretrained(tmp_path / "base")
+    model = get_peft_model(load_causal_lm(str(tmp_path / "base")), LoraConfig(r=2, target_modules=["q_proj"]))
+    agent = PPO(make_env(), model=model, batch_size=8, mini_batch_size=4, precision="fp32", progress=False)
+    assert agent.lora and agent.reference.model is agent.policy.lm
+    agent.train_iteration()
+    resumed = PPO.load(agent.save(tmp_path / "ckpt"))  # its base comes back from where the adapter says
+    assert resumed.reference.model is resumed.policy.lm
+    for a, b in zip(agent.policy.parameters(), resumed.policy.parameters()):
+        torch.testing.assert_close(a, b)
+    nameless = get_peft_model(load_causal_lm("tiny-random"), LoraConfig(r=2, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="base records no name_or_path, so no checkpoint could rebuild it"):
+        PPO(make_env(), model=nameless, progress=False)
+
+
+def test_lora_dropout_acts_in_the_update_only():
+    agent = lora_agent(lora_dropout=0.5)
+    dropouts = [m for n, m in agent.policy.lm.named_modules() if n.endswith("lora_dropout.default")]
+    assert dropouts and all(isinstance(m, torch.nn.Dropout) for m in dropouts)
+    seen = []
+    backward = agent._backward
+    agent._backward = lambda *a, **k: seen.append(all(m.training for m in dropouts)) or backward(*a, **k)
+    batch, _ = agent.make_batch(agent.rollout())
+    assert not any(m.training for m in dropouts)  # the old and the reference log-probs: without dropout
+    agent.update(batch)
+    assert seen and all(seen)
