@@ -185,7 +185,12 @@ class TextGenVectorEnv(VectorEnv):
         terminated = active & torch.isin(actions, self._eos)
         truncated = active & ~terminated & (self._pos + 1 >= limit)
         ended = terminated | truncated
-        any_bad, any_ended = torch.stack([bad_action.any(), ended.any()]).tolist()  # one sync
+        # The per-token path's one device-to-host read: which rows ended (the reward pipeline runs on
+        # the host, and Gymnasium wants an episode's info at the step it ends) and whether an action
+        # was bad, (N + 1,) in one transfer.
+        flags = torch.cat([ended, bad_action.any().unsqueeze(0)]).cpu().numpy()
+        rows, any_bad = np.flatnonzero(flags[:-1]), bool(flags[-1])
+        any_ended = len(rows) > 0
         if any_bad:  # before anything changes, so the env stays as it was
             row = int(bad_action.nonzero()[0])
             raise ValueError(
@@ -201,7 +206,6 @@ class TextGenVectorEnv(VectorEnv):
 
         info: dict[str, Any] = {}
         if any_ended:
-            rows = ended.nonzero().squeeze(1).cpu().numpy()
             info, episode_rewards = self._score(rows, terminated)
             rewards[torch.as_tensor(rows, device=self.device)] = torch.as_tensor(
                 episode_rewards, dtype=torch.float32, device=self.device
@@ -229,8 +233,11 @@ class TextGenVectorEnv(VectorEnv):
         """Decode the ended rows and call the reward pipeline once for all of them."""
         width = self.task.prompt_width
         index = torch.as_tensor(rows, device=self.device)
-        lengths = self._pos[index].tolist()
-        completion_ids = [ids[:n] for ids, n in zip(self._ids[index, width:].tolist(), lengths)]
+        # One read for the ended rows, not one per field: (R, 2 + T) length, EOS flag, completion ids.
+        block = torch.cat([self._pos[index, None], terminated[index, None].long(), self._ids[index, width:]], 1)
+        block = block.tolist()
+        completion_ids = [row[2 : 2 + row[0]] for row in block]
+        ended_by_eos = [bool(row[1]) for row in block]
         completions = self.task.tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
         prompts = [self.row_prompts[i] for i in rows]
         tokens = None
@@ -239,7 +246,7 @@ class TextGenVectorEnv(VectorEnv):
             flat = [[i] for ids in completion_ids for i in ids]
             pieces = iter(self.task.tokenizer.batch_decode(flat, skip_special_tokens=True))
             tokens = [[next(pieces) for _ in ids] for ids in completion_ids]
-        batch = self.task.rewards(prompts, completions, completion_ids, terminated[index].tolist(), tokens)
+        batch = self.task.rewards(prompts, completions, completion_ids, ended_by_eos, tokens)
         values = {
             "prompt": prompts,
             "completion": completions,
