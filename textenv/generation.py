@@ -94,10 +94,10 @@ def generate_episodes(
     """Run one episode in every row of ``env`` with ``model`` choosing the tokens.
 
     Every row starts together and the loop stops when all have ended; the model sees
-    the prompt once, then one new token per step through its KV cache. The loop itself
-    never waits on the device: whether every row has ended is counted on the host from
-    the env's info (which names the rows that ended), not read back from a tensor, so on
-    CUDA the next step's kernels can be queued while the last ones run. Normalized reward
+    the prompt once, then one new token per step through its KV cache. The loop adds no
+    device read of its own: whether every row has ended is counted on the host from the
+    env's info (which names the rows that ended), not read back from a tensor. The env's
+    step reads which rows ended, once per token (its rewards run on the host). Normalized reward
     terms score every row with the same statistics, updated once with the whole batch at
     the end (:meth:`textenv.rewards.RewardPipeline.one_batch`).
 
@@ -113,10 +113,13 @@ def generate_episodes(
             values of every step are returned (from the same forward as the logits).
         static_cache: keep the keys and values in a cache allocated once for the whole
             episode (transformers' ``StaticCache``, prompt width + ``max_new_tokens``
-            positions) instead of one that grows by a concatenation each step. Same
-            tokens and log-probs; each step then attends over all preallocated positions
-            (the unwritten ones masked), which costs more on a CPU but gives the decode
-            step fixed shapes and addresses on a GPU (what ``torch.compile``/CUDA graphs need).
+            positions) instead of one that grows by a concatenation each step. Each step
+            then attends over all preallocated positions (the unwritten ones masked): the
+            same distribution (in fp32 the same tokens, log-probs within 1e-5), while under
+            bf16 the longer sums round differently, so a sampled token can differ. Slower on
+            a CPU; on a GPU
+            it gives the decode step fixed shapes and addresses, what ``torch.compile`` and
+            CUDA graphs need (``benchmarks/gpu_check.py`` times both).
     """
     if env.autoreset_mode != AutoresetMode.DISABLED:
         raise ValueError("generate_episodes needs an env with autoreset_mode='Disabled'")
