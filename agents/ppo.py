@@ -690,7 +690,9 @@ class PPO:
         """Save a complete checkpoint: the policy as a transformers directory (``model/``,
         safetensors, with the tokenizer), the value head, optimizer, KL controller, normalizer
         statistics, RNG states, counters, the config and the run's definition (model, prompts,
-        reward, env options). ``PPO.load(path)`` continues the same run."""
+        reward, env options). ``PPO.load(path)`` continues the same run. A LoRA policy's ``model/`` is its
+        adapter (the base is recorded in the run's definition); ``textenv export PATH --merge OUT`` makes a plain
+        transformers model of it."""
         return self.save_checkpoint(Path(path))
 
     def save_checkpoint(self, path: str | Path | None = None, *, optimizer: bool = True) -> Path:
