@@ -75,7 +75,7 @@ class RewardTimeout(RewardError):
 class RewardInterrupted(KeyboardInterrupt):
     """Ctrl-C while a reward source was scoring a batch: a ``KeyboardInterrupt`` whose message names the source.
 
-    The batch's rewards are lost. A training loop treats it as any interrupt: :meth:`textenv.agents.PPO.learn`
+    The batch's rewards are lost. A training loop treats it as any interrupt: the PPO agent's ``learn``
     saves the state after the last complete iteration, and ``textenv train`` exits with status 130.
     """
 
