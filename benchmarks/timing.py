@@ -12,7 +12,7 @@ class TimedRewards:
         self.pipeline = pipeline
         self.seconds = 0.0
 
-    # The pipeline's interface, spelled out (the agent checkpoints its statistics):
+    # The pipeline's interface, spelled out (the agent checkpoints its statistics, a rollout is one batch):
     @property
     def names(self) -> list[str]:
         return self.pipeline.names
@@ -26,6 +26,9 @@ class TimedRewards:
 
     def load_state_dict(self, state) -> None:
         self.pipeline.load_state_dict(state)
+
+    def one_batch(self):
+        return self.pipeline.one_batch()  # a rollout normalizes with one set of statistics
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
