@@ -67,7 +67,10 @@ def wrap(model: nn.Module, *, rank: int, alpha: float, dropout: float, targets: 
 
     Args:
         model: a transformers causal LM (fp32).
-        rank, alpha, dropout, targets: the config's ``lora_*`` options.
+        rank: the config's ``lora_rank``.
+        alpha: its ``lora_alpha``.
+        dropout: its ``lora_dropout``.
+        targets: its ``lora_target_modules``.
         base: where the base weights come from (a hub id or a directory), recorded in the adapter's config so
             that ``PeftModel.from_pretrained`` and ``AutoPeftModelForCausalLM`` find it.
 
