@@ -53,10 +53,10 @@ def test_a_plugin_adds_a_command_that_help_lists_and_runs(fresh_default_pm, caps
 def test_the_builtin_commands_come_from_plugins(pm):
     parser, _ = cli.build_parser(pm)
     commands = parser._subparsers._group_actions[0].choices
-    assert list(commands) == ["plugins", "demo", "feedback", "rm", "sft", "train"]
+    assert list(commands) == ["plugins", "demo", "export", "feedback", "rm", "sft", "train"]
     implementers = {impl.plugin_name for impl in pm.hook.textenv_add_commands.get_hookimpls()}
     assert implementers == {
-        "textenv.agents.sft_cli", "textenv.agents.train",
+        "textenv.agents.export", "textenv.agents.sft_cli", "textenv.agents.train",
         "textenv.plugins.human.cli", "textenv.plugins.reward_model.cli",
     }
     assert {pm.origins[name] for name in implementers} == {"built-in"}
