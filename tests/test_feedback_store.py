@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from textenv import cli
-from textenv.plugins.human.store import FeedbackStore, FeedbackStoreError, Keypress
+from textenv.plugins.human.store import _SCHEMA, APPLICATION_ID, FeedbackStore, FeedbackStoreError, Keypress
 
 
 @pytest.fixture
@@ -118,3 +118,59 @@ def test_keypress_feedback_on_two_completions_of_a_prompt_gives_a_pair(store):
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("fine film", "dull film"), ("ok film", "dull film")]
     assert pairs[0]["margin"] == pytest.approx(1.4)
     assert store.preference_pairs(include_tokens=False) == []
+
+
+def _snapshot(folder):
+    """Every file in ``folder`` with its bytes and modification time."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+@pytest.mark.parametrize("table", ["notes", "sessions"])  # sessions: a name our schema uses too
+def test_another_programs_database_is_refused_untouched(tmp_path, capsys, journal, table):
+    folder = tmp_path / "theirs"
+    folder.mkdir()
+    other = folder / "other.db"
+    con = sqlite3.connect(other)
+    con.execute(f"PRAGMA journal_mode={journal}")
+    con.execute(f"CREATE TABLE {table} (title TEXT, body TEXT)")
+    con.execute(f"INSERT INTO {table} VALUES ('shopping', 'milk')")
+    con.commit()
+    con.close()
+    before = _snapshot(folder)
+    assert cli.main(["feedback", "stats", "--db", str(other)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1
+    assert str(other) in err and "application_id 0x74784642" in err and "untouched" in err
+    with pytest.raises(FeedbackStoreError, match="other.db: another program's SQLite database"):
+        FeedbackStore(other)
+    assert _snapshot(folder) == before  # same bytes, same mtime, no -wal or -shm left beside it
+
+
+def test_a_new_or_empty_file_becomes_a_marked_store(tmp_path):
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path in (tmp_path / "new.db", empty):
+        with FeedbackStore(path) as store:
+            store.start_session("rate")
+        con = sqlite3.connect(path)
+        assert con.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        con.close()
+        with FeedbackStore(path) as store:  # and it opens again as ours
+            assert store.stats()["sessions"] == 1
+
+
+def test_a_store_written_before_the_mark_is_adopted(tmp_path):
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)  # what the store wrote before it set application_id
+    con.execute("PRAGMA journal_mode=WAL")
+    con.executescript(_SCHEMA)
+    con.execute("PRAGMA user_version=1")
+    con.execute("INSERT INTO sessions (started_at, mode) VALUES (1.0, 'compare')")
+    con.execute("INSERT INTO comparisons (session_id, prompt, completion_a, completion_b, choice, at) "
+                "VALUES (1, 'p', 'x', 'y', 'a', 2.0)")
+    con.commit()
+    con.close()
+    with FeedbackStore(path) as store:
+        assert store.preference_pairs() == [{"prompt": "p", "chosen": "x", "rejected": "y"}]
+        assert store._db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID

@@ -11,6 +11,14 @@ so the fsync per label costs nothing that matters.
 
 The connection may be used from the key-reader thread and the main thread: writes
 take a lock, so a keypress is committed the moment it is read.
+
+The store touches only its own files. Each database it creates is marked with
+:data:`APPLICATION_ID` (SQLite's ``application_id`` header field, the way file formats
+built on SQLite tell themselves apart). Before writing anything, an existing file is
+inspected through a read-only connection: an empty database is initialised, one
+carrying the mark is opened, one that earlier versions wrote (exactly this schema, no
+mark) is marked and opened, and anything else is refused with
+:class:`FeedbackStoreError`, its bytes left as they were.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import json
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +37,11 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 SCHEMA_VERSION = 1
+
+APPLICATION_ID = 0x74784642
+"""The mark in a feedback store's SQLite header (``PRAGMA application_id``): ASCII ``txFB``."""
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -84,6 +98,17 @@ CREATE TABLE IF NOT EXISTS comparisons (
 );
 """
 
+_COLUMNS = {
+    "sessions": ("id", "started_at", "ended_at", "mode", "options"),
+    "episodes": ("id", "session_id", "prompt", "completion", "token_ids", "tokens", "shown_at", "hidden_at",
+                 "created_at"),
+    "keypresses": ("id", "session_id", "episode_id", "at", "key", "value", "strength"),
+    "token_rewards": ("episode_id", "position", "reward", "mass"),
+    "ratings": ("id", "session_id", "episode_id", "rating", "scale", "at"),
+    "comparisons": ("id", "session_id", "prompt", "completion_a", "completion_b", "choice", "disagreement", "at"),
+}
+"""Each table of :data:`_SCHEMA` and its columns: what a store written before the mark must hold to be adopted."""
+
 
 class FeedbackStoreError(RuntimeError):
     """The database cannot be opened or is not a feedback store; the message says which file."""
@@ -128,10 +153,12 @@ class FeedbackStore:
         """Open (or create) the store at ``path``.
 
         Raises:
-            FeedbackStoreError: the file is not a SQLite database or cannot be written.
+            FeedbackStoreError: the file is not a feedback store (another program's database,
+                or not SQLite at all: refused untouched) or cannot be written.
         """
         self.path = Path(path)
         self._lock = threading.Lock()
+        inspect_database(self.path)  # raises before anything is written to another program's file
         try:
             if self.path.parent != Path(""):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,8 +167,13 @@ class FeedbackStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA busy_timeout=5000")
-            self._db.executescript(_SCHEMA)  # idempotent: CREATE ... IF NOT EXISTS
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            with self._transaction():  # the mark and the tables appear together, or not at all
+                if self._db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:  # new, or legacy
+                    self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)  # idempotent: CREATE ... IF NOT EXISTS
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (sqlite3.DatabaseError, OSError) as exc:
             raise FeedbackStoreError(f"{self.path}: cannot open the feedback store: {exc}") from None
 
@@ -404,6 +436,54 @@ class FeedbackStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def inspect_database(path: str | Path) -> str:
+    """What ``path`` holds, found without writing to it: ``"new"``, ``"store"`` or ``"legacy"``.
+
+    ``"new"``: no file, an empty file, or a SQLite database with nothing in it (ours to
+    initialise). ``"store"``: a database marked with :data:`APPLICATION_ID`. ``"legacy"``: a
+    store written before the mark existed (exactly our tables and columns, ``user_version``
+    at most :data:`SCHEMA_VERSION`), which :class:`FeedbackStore` marks when it opens it.
+
+    Raises:
+        FeedbackStoreError: anything else (one line naming the file and what was expected).
+    """
+    path = Path(path)
+    expected = f"expected a textenv feedback store (SQLite, application_id {APPLICATION_ID:#x}) or a new file"
+    try:
+        if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+            return "new"
+        with path.open("rb") as f:
+            magic = f.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise FeedbackStoreError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    if magic != _SQLITE_MAGIC:
+        raise FeedbackStoreError(f"{path}: not a SQLite database; {expected}; left untouched")
+    # Read-only, and immutable unless a WAL file exists: without one the main file holds every commit, and
+    # immutable keeps SQLite from creating -wal and -shm files beside another program's database.
+    wal = path.with_name(path.name + "-wal").exists()
+    uri = f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro{'' if wal else '&immutable=1'}"
+    try:
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            app_id = db.execute("PRAGMA application_id").fetchone()[0]
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            objects = db.execute("SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'").fetchall()
+            tables = {name for kind, name in objects if kind == "table"}
+            columns = {t: tuple(r[1] for r in db.execute("SELECT * FROM pragma_table_info(?)", (t,))) for t in tables}
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise FeedbackStoreError(f"{path}: cannot read it as a SQLite database ({exc}); {expected}") from None
+    if app_id == APPLICATION_ID:
+        return "store"
+    if app_id == 0 and not objects and version == 0:
+        return "new"
+    if app_id == 0 and columns == dict(_COLUMNS) and len(objects) == len(tables) and version <= SCHEMA_VERSION:
+        return "legacy"
+    held = f"its application_id is {app_id:#x}" if app_id else "tables: " + (", ".join(sorted(tables)) or "none")
+    raise FeedbackStoreError(f"{path}: another program's SQLite database ({held}); {expected}; left untouched")
 
 
 class _Transaction:
