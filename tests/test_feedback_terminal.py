@@ -14,6 +14,7 @@ import time
 import pytest
 
 from textenv import cli
+from textenv.models import TINY_MODEL
 from textenv.plugins.human.terminal import KeyReader, TerminalError, split_keys
 
 
@@ -120,3 +121,20 @@ def test_a_closed_terminal_ends_the_reading(pty_pair):
         os.close(master)
         assert reader.hung_up.wait(5)
         assert [k.name for k in reader.drain()][-1] == "hangup"
+
+
+def test_training_with_human_feedback_refuses_a_stdin_that_is_not_a_terminal_before_loading_the_model(tmp_path):
+    db = tmp_path / "feedback.db"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TEXTENV_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "textenv.cli", "train", "--model", TINY_MODEL, "--reward", f"human(db='{db}')",
+         "--iterations", "1", "--batch-size", "4", "--mini-batch-size", "4", "--max-new-tokens", "8",
+         "--eval-prompts", "2", "--output-dir", str(tmp_path / "run")],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    # "loading MODEL ..." is printed just before the model loads, and the rollouts come after it
+    assert "loading" not in result.stdout and "ready in" not in result.stdout
+    [line] = result.stderr.splitlines()
+    assert line.startswith("textenv: error: reward source 'human': stdin is not a terminal")
+    assert "on completion" not in line and not db.exists()

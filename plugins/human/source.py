@@ -10,10 +10,35 @@ see :class:`textenv.plugins.human.live.HumanOptions`, e.g. ``human(db=run/feedba
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from textenv.plugin_manager import hookimpl
+from textenv.plugins.human.terminal import TerminalError, check_terminal
 from textenv.rewards import RewardSource
+
+
+class HumanSource(RewardSource):
+    """The ``human`` source, which checks for a terminal when a reward pipeline is built.
+
+    The source itself first runs when a batch of completions is finished, after the model has
+    loaded and the first rollout is sampled: too late to learn that stdin is a pipe.
+    """
+
+    def bind(self, options: Mapping[str, Any]) -> Callable[[dict[str, Any]], Any]:
+        """Bind the options (see :meth:`RewardSource.bind`), then check the terminal they name.
+
+        Raises:
+            RewardError: an option the source does not accept.
+            TerminalError: stdin (or ``tty=``) is not a terminal.
+        """
+        call = super().bind(options)
+        tty = options.get("tty")
+        try:
+            check_terminal(None if tty is None else str(tty))
+        except TerminalError as exc:
+            raise TerminalError(f"reward source 'human': {exc}") from None
+        return call
 
 
 def human(
@@ -45,4 +70,5 @@ def human(
 
 @hookimpl
 def textenv_reward_sources():
-    return [RewardSource("human", human)]
+    # origin given here: the plugin manager would otherwise copy the source into a plain RewardSource to set it
+    return [HumanSource("human", human, origin="built-in")]

@@ -80,6 +80,41 @@ def split_keys(data: bytes) -> list[str]:
     return names
 
 
+def _not_a_terminal(where: str) -> str:
+    return (f"{where} is not a terminal: live feedback reads keypresses as you press them. "
+            "Run this in an interactive terminal (not through a pipe, a redirect, nohup or a "
+            "batch job); to label without a person, use the simulated human "
+            "(textenv.plugins.human.simulated).")
+
+
+def check_terminal(tty_path: str | None = None) -> None:
+    """Make sure keys can be read, without changing the terminal: a cheap check to run before slow work.
+
+    Args:
+        tty_path: the terminal device that will be used; stdin when None.
+
+    Raises:
+        TerminalError: it is not a terminal (or cannot be opened), naming it.
+    """
+    if tty_path is None:
+        try:
+            fd = sys.stdin.fileno()
+        except (AttributeError, ValueError, OSError):  # stdin closed, or replaced by an object without a file
+            raise TerminalError(_not_a_terminal("stdin")) from None
+        if not os.isatty(fd):
+            raise TerminalError(_not_a_terminal("stdin"))
+        return
+    try:
+        fd = os.open(tty_path, os.O_RDWR | os.O_NOCTTY)
+    except OSError as exc:
+        raise TerminalError(f"{tty_path}: cannot open the terminal: {exc.strerror}") from None
+    try:
+        if not os.isatty(fd):
+            raise TerminalError(_not_a_terminal(tty_path))
+    finally:
+        os.close(fd)
+
+
 class KeyReader:
     """Keys from a terminal, read by a background thread, each timestamped as it arrives.
 
@@ -110,13 +145,7 @@ class KeyReader:
         self.fd = sys.stdin.fileno() if fd is None else fd
         if not os.isatty(self.fd):
             self._close_owned()
-            where = tty_path or "stdin"
-            raise TerminalError(
-                f"{where} is not a terminal: live feedback reads keypresses as you press them. "
-                "Run this in an interactive terminal (not through a pipe, a redirect, nohup or a "
-                "batch job); to label without a person, use the simulated human "
-                "(textenv.plugins.human.simulated)."
-            )
+            raise TerminalError(_not_a_terminal(tty_path or "stdin"))
         self.on_key = on_key
         self.keys: queue.Queue[Key] = queue.Queue()
         self.hung_up = threading.Event()
