@@ -80,3 +80,37 @@ def test_rating_stops_at_q_with_what_was_given(tmp_path):
                                         [[1], [2], [3]], [["a"], ["b"], ["c"]], scale=5)
         assert (given, quit_) == (1, True)
         assert [(r["completion"], r["rating"]) for r in store.ratings()] == [("a", 4.0)]
+
+
+def _wait_for(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("early", ["4444", "5s5"])
+def test_keys_typed_before_a_question_is_on_screen_rate_nothing_and_are_said_to_be_ignored(tmp_path, early):
+    with SimulatedHuman(judge=False) as person, FeedbackStore(tmp_path / "f.db") as store, \
+            KeyReader(tty_path=person.tty_path) as reader:
+        session = store.start_session("rate")
+        person.type(early)  # typed in a burst while nothing is asked yet (the model is still generating)
+        _wait_for(lambda: reader.keys.qsize() == len(early), "the early keys to be read")
+
+        def answer():  # a person who answers each question once it is on screen
+            for asked, key in enumerate(["5", "1", "3"], start=1):
+                _wait_for(lambda asked=asked: f"[{asked}/3]" in "".join(person.screen), f"question {asked}")
+                person.type(key)
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        given, quit_ = rate_completions(store, session, reader, ["p", "p", "p"], ["a", "b", "c"],
+                                        [[1], [2], [3]], [["a"], ["b"], ["c"]], scale=5)
+        thread.join(timeout=10)
+        time.sleep(0.1)
+        screen = "".join(person.screen)
+        assert (given, quit_) == (3, False)
+        assert [(r["completion"], r["rating"]) for r in store.ratings()] == [("a", 5.0), ("b", 1.0), ("c", 3.0)]
+    n = len(early)
+    assert f"(ignored {n} keys typed before this question was on screen: {' '.join(early)})" in screen

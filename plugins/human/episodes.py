@@ -6,12 +6,15 @@ standard deviations σ, the spread of the members' score difference is about
 ``σ_ij = sqrt(σ_i² + σ_j²)`` (members' errors taken as independent); the pairs with
 the largest ``σ_ij`` are asked first, ties broken by the smaller ``|μ_i − μ_j|``. A
 single model (σ = 0 everywhere) falls back to the closest means: the pair whose
-preference it is least sure of. Each answer is committed before the next question.
+preference it is least sure of. Each answer is committed before the next question, and
+only keys typed while the question is on screen answer it (earlier ones are dropped, and
+the person is told).
 """
 
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -66,14 +69,33 @@ def select_pairs(
     return pairs
 
 
-def _next_key(reader: KeyReader, allowed: set[str], out: TextIO, help_line: str) -> str:
-    """Wait for one of ``allowed`` (or q); other keys get a hint, ? and h show the help."""
+def _next_key(reader: KeyReader, allowed: set[str], out: TextIO, help_line: str, *, asked_at: float) -> str:
+    """Wait for one of ``allowed`` (or q); other keys get a hint, ? and h show the help.
+
+    Keys read before ``asked_at``, the moment the question was on screen, answer nothing: they
+    were typed at an earlier question, or while the model was still generating, about a
+    completion the person had not seen. They are dropped and the person is told so. Only q and
+    a closed terminal count whenever they came: stopping never attaches a label to anything.
+    """
+    ignored: list[str] = []
     while True:
         try:
-            key = reader.keys.get(timeout=0.1)
+            key = reader.keys.get(timeout=0.0 if ignored else 0.1)
         except queue.Empty:
+            key = None
+        if ignored and (key is None or key.at >= asked_at or key.name in ("q", "hangup")):
+            out.write(f"\n  (ignored {len(ignored)} key{'s' if len(ignored) > 1 else ''} typed before this "
+                      f"question was on screen: {' '.join(ignored)})\n  {help_line}: ")
+            out.flush()
+            ignored = []
+        if key is None:
             continue
-        if key.name in allowed or key.name in ("q", "hangup"):
+        if key.name in ("q", "hangup"):
+            return key.name
+        if key.at < asked_at:
+            ignored.append(key.name)
+            continue
+        if key.name in allowed:
             return key.name
         if key.name in ("?", "h"):
             out.write(f"  ({help_line})\n")
@@ -108,7 +130,7 @@ def rate_completions(
         out.write(f"\n{_DIM}[{i + 1}/{len(completions)}] {prompt}{_RESET}{_BOLD}{printable(completion)}{_RESET}\n"
                   f"  {help_line}: ")
         out.flush()
-        answer = _next_key(reader, allowed, out, help_line)
+        answer = _next_key(reader, allowed, out, help_line, asked_at=time.time())
         if answer in ("q", "hangup"):
             out.write("quit\n")
             return given, True
@@ -149,7 +171,7 @@ def compare_completions(
                   f"  {_BOLD}A{_RESET} {printable(completions[i])}\n  {_BOLD}B{_RESET} {printable(completions[j])}\n"
                   f"  {COMPARE_HELP}: ")
         out.flush()
-        answer = _next_key(reader, allowed, out, COMPARE_HELP)
+        answer = _next_key(reader, allowed, out, COMPARE_HELP, asked_at=time.time())
         if answer in ("q", "hangup"):
             out.write("quit\n")
             return given, True
