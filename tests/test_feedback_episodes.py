@@ -39,12 +39,26 @@ def test_pairs_never_mix_prompts_and_shapes_are_checked():
         select_pairs(np.zeros(3), np.zeros(2), np.zeros(3))
 
 
+def _wait_for(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
 def _answer_in_background(person, keys):
-    """Type the keys one by one, as a person answering question after question."""
+    """Type the keys one by one, as a person answering question after question.
+
+    Args:
+        keys: (key, n): type ``key`` once the n-th question ``[n/...]`` is on screen (a key typed
+            earlier answers nothing).
+    """
 
     def run():
-        for key in keys:
-            time.sleep(0.15)
+        for key, asked in keys:
+            _wait_for(lambda asked=asked: f"[{asked}/" in "".join(person.screen), f"question {asked}")
+            time.sleep(0.05)
             person.type(key)
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -55,7 +69,8 @@ def test_comparing_at_a_terminal_stores_each_answer(tmp_path):
     with SimulatedHuman(judge=False) as person, FeedbackStore(tmp_path / "f.db") as store, \
             KeyReader(tty_path=person.tty_path) as reader:
         session = store.start_session("compare")
-        _answer_in_background(person, ["\x1b[D", "z", "t", "b", "s"])  # left, a wrong key, tie, b, skip
+        # left, a wrong key, tie, b, skip
+        _answer_in_background(person, [("\x1b[D", 1), ("z", 2), ("t", 2), ("b", 3), ("s", 4)])
         prompts = ["p0", "p0", "p1", "p1", "p2", "p2", "p3", "p3"]
         texts = ["good", "bad", "one", "two", "yes", "no", "x", "y"]
         given, quit_ = compare_completions(store, session, reader, prompts, texts,
@@ -75,19 +90,11 @@ def test_rating_stops_at_q_with_what_was_given(tmp_path):
     with SimulatedHuman(judge=False) as person, FeedbackStore(tmp_path / "f.db") as store, \
             KeyReader(tty_path=person.tty_path) as reader:
         session = store.start_session("rate")
-        _answer_in_background(person, ["4", "q"])
+        _answer_in_background(person, [("4", 1), ("q", 2)])
         given, quit_ = rate_completions(store, session, reader, ["p", "p", "p"], ["a", "b", "c"],
                                         [[1], [2], [3]], [["a"], ["b"], ["c"]], scale=5)
         assert (given, quit_) == (1, True)
         assert [(r["completion"], r["rating"]) for r in store.ratings()] == [("a", 4.0)]
-
-
-def _wait_for(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("early", ["4444", "5s5"])
