@@ -127,10 +127,11 @@ def rate_completions(
     given = 0
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         episode_id = store.add_episode(session_id, prompt, completion, completion_ids[i], tokens[i])
+        asked_at = time.time()  # before the write: a key read once the question is out is never dropped
         out.write(f"\n{_DIM}[{i + 1}/{len(completions)}] {prompt}{_RESET}{_BOLD}{printable(completion)}{_RESET}\n"
                   f"  {help_line}: ")
         out.flush()
-        answer = _next_key(reader, allowed, out, help_line, asked_at=time.time())
+        answer = _next_key(reader, allowed, out, help_line, asked_at=asked_at)
         if answer in ("q", "hangup"):
             out.write("quit\n")
             return given, True
@@ -167,11 +168,12 @@ def compare_completions(
     for n, (i, j, disagreement) in enumerate(pairs):
         if rng.random() < 0.5:
             i, j = j, i
+        asked_at = time.time()  # before the write: a key read once the question is out is never dropped
         out.write(f"\n{_DIM}[{n + 1}/{len(pairs)}] {prompts[i]}{_RESET}\n"
                   f"  {_BOLD}A{_RESET} {printable(completions[i])}\n  {_BOLD}B{_RESET} {printable(completions[j])}\n"
                   f"  {COMPARE_HELP}: ")
         out.flush()
-        answer = _next_key(reader, allowed, out, COMPARE_HELP, asked_at=time.time())
+        answer = _next_key(reader, allowed, out, COMPARE_HELP, asked_at=asked_at)
         if answer in ("q", "hangup"):
             out.write("quit\n")
             return given, True
