@@ -32,7 +32,7 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from textenv.agents import checkpoint, lora, run_definition
+from textenv.agents import checkpoint, lora, processes, run_definition
 from textenv.agents.checkpoint import STATE_FILE, CheckpointError
 from textenv.agents.policy import ActorCritic, frozen_copy
 from textenv.agents.ppo_config import PPOConfig
@@ -49,6 +49,7 @@ from textenv.agents.ppo_math import (
     policy_loss,
     value_loss,
 )
+from textenv.agents.processes import Processes, launched_precision
 from textenv.agents.run_log import RunLog, plot_reward_curve
 from textenv.devices import (
     autocast,
@@ -147,11 +148,14 @@ class PPO:
         ``model`` as loaded, so checkpoints need not hold a copy of it."""
         cfg = self.config
         self.task = _task_of(env)
-        self.device = resolve_device(cfg.device)
-        self.bf16 = use_bf16(self.device, cfg.precision)
+        self.processes = Processes.for_run(cfg.device)
+        self.device = self.processes.device or resolve_device(cfg.device)
+        self.bf16 = use_bf16(self.device, _precision(cfg.precision))
+        self._share_batch()
         if self.device.type == "cpu" and cfg.keep_cpu_memory:
             keep_freed_cpu_memory()
-        self.env = TextGenVectorEnv(cfg.batch_size, task=self.task, device=self.device, autoreset_mode="Disabled")
+        self.env = TextGenVectorEnv(self.local_batch_size, task=self.task, device=self.device,
+                                    autoreset_mode="Disabled")
         if model is None:
             if self.task.model_name is None:
                 raise ValueError("the env was built from a tokenizer only: give PPO a model=")
@@ -181,6 +185,7 @@ class PPO:
             model, with_value_head=cfg.uses_value_head, separate_value_model=cfg.value_model == "separate"
         ).to(self.device)
         self.policy.lm.config.use_cache = True
+        self.trained = self.processes.prepare(self.policy)  # the update's forwards: gradients averaged (DDP)
         self.optimizer = torch.optim.Adam(
             self._param_groups(), lr=cfg.learning_rate, eps=cfg.adam_eps,
             fused=True,  # one kernel for all parameters: 5x faster steps than the for-each default on a CPU
@@ -193,17 +198,42 @@ class PPO:
         )
         self.score_stats = RunningMeanStd()
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
-        self.prompt_rng = np.random.default_rng(cfg.seed)
-        self.sample_generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
-        self.shuffle_generator = torch.Generator().manual_seed(cfg.seed + 1)
+        # Each process samples its own episodes: its own prompt and token streams (process 0's are a
+        # one-process run's, so a run's seed means the same with any number of processes).
+        stream = cfg.seed if self.processes.is_main else _stream_seed(cfg.seed, self.processes.index)
+        self.prompt_rng = np.random.default_rng(stream)
+        self.sample_generator = torch.Generator(device=self.device).manual_seed(stream)
+        self.shuffle_generator = torch.Generator().manual_seed(stream + 1)
         self.num_iterations = 0
         self.num_episodes = 0
         self.history: list[dict[str, float]] = []
         self.metadata: dict[str, Any] = {}  # JSON-able notes kept in checkpoints (textenv train keeps its own options)
-        self.run = RunLog(cfg.run_dir) if cfg.run_dir else None
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None  # every process knows it; only the main writes
+        self.run = RunLog(cfg.run_dir) if cfg.run_dir and self.processes.is_main else None
         self._saved: tuple[Path, int, bool] | None = None  # the last checkpoint: its path, iteration, optimizer
         self._schedule_end: int | None = None  # the run's episode count where the current learn() call ends
         self._bar: tqdm | None = None
+
+    def _share_batch(self) -> None:
+        """Each process's share of the batch: ``batch_size / N`` episodes, mini-batches of ``mini_batch_size / N``
+        (an optimizer step still sees ``mini_batch_size`` episodes in all), micro-batches of that over the
+        gradient accumulation steps (the config's, or accelerate's ``--gradient_accumulation_steps``)."""
+        cfg, n = self.config, self.processes.num
+        steps, launched_steps = cfg.gradient_accumulation_steps, self.processes.gradient_accumulation_steps
+        if launched_steps > 1:
+            if steps not in (1, launched_steps):
+                raise ValueError(f"gradient_accumulation_steps {steps} differs from accelerate's "
+                                 f"--gradient_accumulation_steps {launched_steps}: give one of them")
+            steps = launched_steps
+        if cfg.mini_batch_size % (n * steps):
+            raise ValueError(f"mini_batch_size {cfg.mini_batch_size} must be a multiple of {n} process(es) x "
+                             f"{steps} gradient accumulation step(s): each process's micro-batches must be whole")
+        self.local_batch_size = cfg.batch_size // n  # (batch_size is a multiple of mini_batch_size)
+        self.local_mini_batch_size = cfg.mini_batch_size // n
+        self.micro_batch_size = self.local_mini_batch_size // steps
+        if cfg.advantage != "gae" and self.local_batch_size % cfg.group_size:
+            raise ValueError(f"group_size {cfg.group_size} must divide each process's {self.local_batch_size} "
+                             f"episodes (batch_size {cfg.batch_size} over {n} processes): a group is sampled whole")
 
     def _base_source(self, model: torch.nn.Module) -> str | None:
         """Where a LoRA policy's base weights come from: the env's model (a hub id, or a directory as an absolute
@@ -281,7 +311,8 @@ class PPO:
         target = self.num_episodes + total_episodes if reset_num_episodes else total_episodes
         iterations = max(0, math.ceil((target - self.num_episodes) / self.config.batch_size))
         self._schedule_end = target
-        bar = tqdm(total=iterations, desc="PPO", unit="it", disable=not self.config.progress)
+        bar = tqdm(total=iterations, desc="PPO", unit="it",
+                   disable=not (self.config.progress and self.processes.is_main))
         self._bar = None if bar.disable else bar
         try:
             with bar, _graceful_interrupt() as interrupt:  # the bar closes before any error is printed
@@ -292,25 +323,27 @@ class PPO:
                         f"reward={stats['charts/episodic_return']:+.3f}, kl={stats['objective/kl']:.2f}"
                     )
                     every = self.config.checkpoint_every
-                    if self.run and every and self.num_iterations % every == 0:
+                    if self.run_dir and every and self.num_iterations % every == 0:
                         self._show_phase("saving a checkpoint")
                         self.save_checkpoint(optimizer=self.config.save_optimizer)
                     answers = [cb(self, stats) for cb in callbacks]  # every callback sees every iteration
-                    if any(answer is False for answer in answers):
+                    # (every process takes the same branch: one that stopped alone would leave the others waiting)
+                    if self.processes.any(any(answer is False for answer in answers)):
                         break
-                    if interrupt.requested:
+                    if self.processes.any(interrupt.requested):
                         bar.close()
-                        where = self._save_unless_saved() if self.run else None
-                        print(f"interrupted after iteration {self.num_iterations}"
-                              + (f"; checkpoint in {where} (resume with PPO.load)" if where else ""), flush=True)
+                        where = self._save_unless_saved() if self.run_dir else None
+                        if self.processes.is_main:
+                            print(f"interrupted after iteration {self.num_iterations}"
+                                  + (f"; checkpoint in {where} (resume with PPO.load)" if where else ""), flush=True)
                         return self
         finally:
             self._bar = None
             self._schedule_end = None  # train_iteration() outside learn() keeps the rates where they are
-        if self.run:
+        if self.run_dir:
             self._save_unless_saved()
-            if self.history:
-                plot_reward_curve(self.history, self.run.dir / "reward_curve.png")
+        if self.run and self.history:
+            plot_reward_curve(self.history, self.run.dir / "reward_curve.png")
         return self
 
     def train_iteration(self) -> dict[str, float]:
@@ -326,8 +359,10 @@ class PPO:
             self._stop(str(error), saved="the state after the last good iteration is saved in", cause=error)
         except RewardInterrupted:  # Ctrl-C in a reward call (one that hangs, say): save the last good state, stop
             self._restore_rollout_draws(draws)
-            if self.run:
-                print(f"\ncheckpoint of iteration {self.num_iterations} in {self._save_unless_saved()}", flush=True)
+            if self.run_dir:
+                where = self._save_unless_saved()
+                if self.processes.is_main:
+                    print(f"\ncheckpoint of iteration {self.num_iterations} in {where}", flush=True)
             raise
         rollout_time = time.perf_counter() - start
         self._show_phase("log-probs")
@@ -338,10 +373,14 @@ class PPO:
         update_time = time.perf_counter() - start - rollout_time - prepare_time
         self.num_iterations += 1
         self.num_episodes += cfg.batch_size
-        tokens = float(batch.mask.sum())
+        terms = list(episodes.reward_terms.items())  # (every process has the same terms, in the same order)
+        tokens, returns, *term_sums = self.processes.sum(torch.tensor(  # over every process's episodes
+            [float(batch.mask.sum()), float(episodes.rewards.sum()), *(float(v.sum()) for _, v in terms)],
+            dtype=torch.float64, device=self.device,
+        )).tolist()
         stats = {
             "episodes": float(self.num_episodes),
-            "charts/episodic_return": float(episodes.rewards.mean()),
+            "charts/episodic_return": returns / cfg.batch_size,
             "charts/episodic_length": tokens / cfg.batch_size,
             **reward_stats,
             **update_stats,
@@ -351,8 +390,8 @@ class PPO:
             "perf/time_prepare": prepare_time,
             "perf/time_update": update_time,
         }
-        for name, values in episodes.reward_terms.items():
-            stats[f"reward/{name}"] = float(values.mean())
+        for (name, _), total in zip(terms, term_sums):
+            stats[f"reward/{name}"] = total / cfg.batch_size
         self.history.append(stats)
         if self.run:
             self.run.scalars(stats, self.num_episodes)
@@ -361,14 +400,26 @@ class PPO:
         return stats
 
     def rollout(self) -> Episodes:
-        """Sample one episode per row with the current policy (no gradients)."""
-        cfg = self.config
+        """Sample one episode per row with the current policy (no gradients): this process's share of the batch.
+
+        Normalized reward terms are normalized with statistics of the whole batch, every process's episodes
+        (:meth:`textenv.rewards.RewardPipeline.one_batch`). A reward source's error on any process stops every
+        process here, so that none waits for another that has left.
+        """
         self.policy.eval()
-        with torch.no_grad(), autocast(self.device, self.bf16):
-            return generate_episodes(
-                self.policy.lm, self.env, sampling=self.sampling, generator=self.sample_generator,
-                prompts=self._draw_prompts(cfg.batch_size), progress=self._bar is not None,
-            )
+        failure: BaseException | None = None
+        with self.task.rewards.one_batch(gather=self.processes.concatenate):
+            try:
+                with torch.no_grad(), autocast(self.device, self.bf16):
+                    episodes = generate_episodes(
+                        self.policy.lm, self.env, sampling=self.sampling, generator=self.sample_generator,
+                        prompts=self._draw_prompts(self.local_batch_size), progress=self._bar is not None,
+                    )
+            except (RewardError, RewardInterrupted) as error:
+                failure = error
+            if self.processes.any(failure is not None):  # raised inside: the batch leaves no statistics behind
+                raise failure or RewardError("a reward source failed in another process (its message names it)")
+        return episodes
 
     def _rollout_draws(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, Any]]]:
         """What a rollout advances: the RNG states and the reward terms' normalization statistics."""
@@ -420,7 +471,7 @@ class PPO:
             ref_logprobs = torch.zeros_like(mask)
         self.policy.eval()
         policy_time = 0.0  # what the recomputation costs (on a GPU, without a sync: only roughly)
-        for rows in torch.arange(len(tokens), device=self.device).split(cfg.micro_batch_size):
+        for rows in torch.arange(len(tokens), device=self.device).split(self.micro_batch_size):
             ids, att = input_ids[rows], attention[rows]  # (b, L') each
             start = time.perf_counter()
             with autocast(self.device, self.bf16):
@@ -441,8 +492,8 @@ class PPO:
                 ref_logp_full[rows] = F.log_softmax(self._scaled(ref_logits), dim=-1, dtype=torch.float32)
 
         scores = torch.as_tensor(episodes.scores, dtype=torch.float32, device=self.device)  # (B,)
-        if cfg.reward_norm:
-            self.score_stats.update(episodes.scores)
+        if cfg.reward_norm:  # the statistics of the whole batch, every process's episodes
+            self.score_stats.update(self.processes.concatenate(np.asarray(episodes.scores)))
             scores = (scores - float(self.score_stats.mean)) / math.sqrt(float(self.score_stats.var) + 1e-8)
         if cfg.reward_clip is not None:
             scores = scores.clamp(-cfg.reward_clip, cfg.reward_clip)
@@ -455,24 +506,28 @@ class PPO:
 
         if cfg.uses_value_head:
             advantages, returns = compute_gae(rewards, values, mask, cfg.gamma, cfg.lam)  # (B, T) each
-            if cfg.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
+            if cfg.whiten_advantages:  # over every process's tokens
+                advantages = masked_whiten(advantages, mask, total=self.processes.sum)
         else:
             sequence_advantage = group_advantages(rewards.sum(1), cfg.group_size, cfg.advantage)  # (B,)
             if cfg.whiten_advantages:
                 # Over sequences and without a shift: a group's advantages already sum to 0, and whitening
                 # over tokens would weigh long completions more and move an all-equal group off its 0.
-                sequence_advantage = sequence_advantage / (sequence_advantage.std() + 1e-8)  # (B,)
+                spread = self.processes.gather(sequence_advantage).std()  # () over every process's episodes
+                sequence_advantage = sequence_advantage / (spread + 1e-8)  # (B,)
             advantages, returns = sequence_advantage[:, None] * mask, torch.zeros_like(mask)  # (B, T)
-        episode_kl = ((logprobs - ref_logprobs) * mask).sum(1).mean().item()  # k1, whatever penalizes
+        kl_sum, score_sum, logprob_sum, n_tokens = self.processes.sum(torch.stack([  # over every process's rows
+            ((logprobs - ref_logprobs) * mask).sum(), scores.sum(), (logprobs * mask).sum(), mask.sum()
+        ])).tolist()
+        episode_kl = kl_sum / cfg.batch_size  # k1 per episode, whatever penalizes
         stats = {
             "objective/kl": episode_kl,
             "objective/kl_coef": float(self.kl_ctl.value),
-            "objective/scores": float(scores.mean()),
-            "objective/logprobs": float(masked_mean(logprobs, mask)),
+            "objective/scores": score_sum / cfg.batch_size,
+            "objective/logprobs": logprob_sum / max(n_tokens, 1.0),
             "perf/time_policy_forward": policy_time,
         }
-        self.kl_ctl.update(episode_kl, len(tokens))
+        self.kl_ctl.update(episode_kl, cfg.batch_size)
         batch = Batch(input_ids, attention, tokens, mask, logprobs, values, advantages, returns,
                       ref_logprobs, ref_logp_full)
         return batch, stats
@@ -497,15 +552,17 @@ class PPO:
         for epoch in range(cfg.ppo_epochs):
             self._show_phase(f"update {epoch + 1}/{cfg.ppo_epochs}")
             order = torch.randperm(len(batch.tokens), generator=self.shuffle_generator).to(self.device)
-            for mini in order.split(cfg.mini_batch_size):
+            for mini in order.split(self.local_mini_batch_size):  # this process's part of each mini-batch
                 self.optimizer.zero_grad(set_to_none=True)
-                tokens = batch.mask[mini].sum()  # each micro-batch's token mean weighs by its share of these
-                shares = [batch.mask[micro].sum() / tokens for micro in mini.split(cfg.micro_batch_size)]
+                micros = mini.split(self.micro_batch_size)
+                # each micro-batch's token mean weighs by its share of the whole mini-batch's tokens (all processes')
+                tokens = self.processes.sum(batch.mask[mini].sum())
+                shares = [batch.mask[micro].sum() / tokens for micro in micros]
                 micro_stats = [
-                    self._backward(batch.rows(micro), share, with_entropy=epoch == 0)
-                    for micro, share in zip(mini.split(cfg.micro_batch_size), shares)
+                    self._backward(batch.rows(micro), share, with_entropy=epoch == 0, sync=k == len(micros) - 1)
+                    for k, (micro, share) in enumerate(zip(micros, shares))
                 ]
-                stats = _weighted_mean(micro_stats, [float(share) for share in shares])
+                stats = self.processes.reduce_stats(_weighted_sum(micro_stats, [float(share) for share in shares]))
                 if cfg.target_kl is not None and stats["approx_kl"] > 1.5 * cfg.target_kl:
                     stop = True  # the policy moved far enough from the rollout's
                     break
@@ -524,20 +581,32 @@ class PPO:
         stats["losses/early_stopped"] = float(stop)
         return stats
 
-    def _backward(self, mb: Batch, weight: torch.Tensor | float = 1.0, with_entropy: bool = True) -> dict[str, float]:
+    def _backward(
+        self, mb: Batch, weight: torch.Tensor | float = 1.0, with_entropy: bool = True, sync: bool = True
+    ) -> dict[str, float]:
         """Forward and backward one micro-batch; returns its detached statistics.
 
         The loss is a mean over the micro-batch's tokens; ``weight`` (its share of the
-        mini-batch's tokens) makes the accumulated gradient that of the whole mini-batch's
-        token mean, however the episodes' lengths fall into micro-batches.
+        mini-batch's tokens, over all processes) makes the accumulated gradient that of the whole
+        mini-batch's token mean, however the episodes' lengths fall into micro-batches and processes.
+        With several processes the gradients are averaged when ``sync`` (the mini-batch's last
+        micro-batch); before that they only accumulate.
 
         Without an entropy bonus (``ent_coef`` 0) the entropy is only logged: the first
         epoch's, of the rollout policy, is enough, and skipping it later saves a pass over (b, T, V).
         """
+        with self.processes.no_sync(self.trained, skip=not sync):
+            stats, loss = self._loss(mb, with_entropy)
+            # DDP averages over processes: times their number, the sum of every process's token-weighted share
+            (loss * weight * self.processes.num).backward()
+        return stats
+
+    def _loss(self, mb: Batch, with_entropy: bool) -> tuple[dict[str, float], torch.Tensor]:
+        """One micro-batch's loss (its token mean) and its statistics."""
         cfg = self.config
         with autocast(self.device, self.bf16):
-            logits, values = self.policy(mb.input_ids, mb.attention_mask, mb.tokens.shape[1],
-                                         values=cfg.uses_value_head)
+            logits, values = self.trained(mb.input_ids, mb.attention_mask, mb.tokens.shape[1],
+                                          values=cfg.uses_value_head)
         logits = self._scaled(logits)  # (b, T, V)
         bonus = cfg.ent_coef != 0
         logprobs, entropy = logprobs_and_entropy(  # (b, T) each
@@ -566,10 +635,10 @@ class PPO:
                 loss = loss - cfg.ent_coef * mean_entropy
             if with_entropy:  # the rollout policy's, as without a bonus
                 stats["entropy"] = mean_entropy.item()
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss) and self.processes.num == 1:
+            # (with several, the NaN reaches every process's averaged gradient, and the gradient check stops all)
             self._stop_on_nonfinite(f"the loss is {loss.item()} (policy loss {stats['policy_loss']})")
-        (loss * weight).backward()
-        return stats
+        return stats, loss
 
     def _scaled(self, logits: torch.Tensor) -> torch.Tensor:
         """(b, T, V') model logits → (b, T, V) logits of the sampling distribution (the task's vocabulary,
@@ -600,8 +669,8 @@ class PPO:
         """Raise TrainingError, first saving a ``last-good`` checkpoint when there is a run directory."""
         self.optimizer.zero_grad(set_to_none=True)
         where = ""
-        if self.run:
-            path = self.save_checkpoint(self.run.dir / "checkpoints" / "last-good")
+        if self.run_dir:
+            path = self.save_checkpoint(self.run_dir / "checkpoints" / "last-good")
             where = f"; {saved} {path}"
         raise TrainingError(f"training stopped at iteration {self.num_iterations + 1}: {what}{where}") from cause
 
@@ -708,20 +777,34 @@ class PPO:
                 checkpoint is weights-only: a resume from it starts Adam's moments afresh, so its
                 first steps differ from those of the run that never stopped.
 
+        With several processes every process calls it; the main one writes, with every process's
+        random streams.
+
         Raises:
             DiskFullError: "no space left on DEVICE while saving PATH"; the partial checkpoint is removed.
         """
         if path is None:
-            if not self.run:
+            if not self.run_dir:
                 raise ValueError("no run_dir: give save_checkpoint a path")
-            path = self.run.dir / "checkpoints" / f"iter_{self.num_iterations:06d}"
+            path = self.run_dir / "checkpoints" / f"iter_{self.num_iterations:06d}"
         path = Path(path)
-        checkpoint.write_atomically(path, lambda tmp: self._write_checkpoint(tmp, optimizer))
+        streams = self.processes.objects((self._torch_rng_state(), self.prompt_rng.bit_generator.state))
+        failure = None
+        if self.processes.is_main:
+            try:
+                checkpoint.write_atomically(path, lambda tmp: self._write_checkpoint(tmp, optimizer, streams))
+            except Exception as error:  # noqa: BLE001 - re-raised below, once every process knows
+                failure = error
+        if self.processes.any(failure is not None):
+            raise failure or CheckpointError(f"the main process could not write {path}")
         self._saved = (path.resolve(), self.num_iterations, optimizer)
-        self._prune_checkpoints(path)
+        if self.processes.is_main:
+            self._prune_checkpoints(path)
         return path
 
-    def _write_checkpoint(self, tmp: Path, optimizer: bool) -> None:
+    def _write_checkpoint(
+        self, tmp: Path, optimizer: bool, streams: list[tuple[dict[str, torch.Tensor], dict[str, Any]]]
+    ) -> None:
         """Fill a checkpoint directory; ``trainer_state.json`` last (the manifest comes after it)."""
         with _quiet_transformers_bars():  # "Writing model shards" would break our bar's line
             # A LoRA policy's is its adapter; peft's "auto" would look the base up on the hub to see whether
@@ -737,17 +820,21 @@ class PPO:
                 self.reference.save_pretrained(tmp / "reference")
         if optimizer:
             checkpoint.write_file(tmp / OPTIMIZER_FILE, _optimizer_bytes(self.optimizer.state_dict()))
-        rng = {k: v.contiguous() for k, v in self._torch_rng_state().items()}
+        rng = {  # process 0's under the names a one-process run uses, process k's as "process{k}.NAME"
+            (f"process{k}.{name}" if k else name): tensor.contiguous()
+            for k, (state, _) in enumerate(streams) for name, tensor in state.items()
+        }
         checkpoint.write_file(tmp / RNG_FILE, safetensors.torch.save(rng))
         checkpoint.write_json(tmp / run_definition.PROMPTS_FILE, run_definition.prompts_record(self.task))
-        checkpoint.write_json(tmp / STATE_FILE, self._trainer_state(optimizer))
+        checkpoint.write_json(tmp / STATE_FILE, self._trainer_state(optimizer, [prompt for _, prompt in streams]))
 
     def _save_unless_saved(self) -> Path:
         """The run's checkpoint of this iteration, with the optimizer: written unless the periodic one
         (or the one resumed from) is it already; rewriting it would only open a window in which a kill
         leaves the iteration without a checkpoint."""
-        path = self.run.dir / "checkpoints" / f"iter_{self.num_iterations:06d}"
-        if self._saved == (path.resolve(), self.num_iterations, True) and path.is_dir():
+        path = self.run_dir / "checkpoints" / f"iter_{self.num_iterations:06d}"
+        written = self._saved == (path.resolve(), self.num_iterations, True) and path.is_dir()
+        if self.processes.objects(written)[0]:  # the main process's view: it is the one that writes
             return path
         return self.save_checkpoint(path)
 
@@ -767,7 +854,7 @@ class PPO:
             return {}
         return {run_definition.LORA_BASE: lora.base_source(self.policy.lm)}
 
-    def _trainer_state(self, optimizer: bool = True) -> dict[str, Any]:
+    def _trainer_state(self, optimizer: bool, prompt_streams: list[dict[str, Any]]) -> dict[str, Any]:
         return {
             "format": checkpoint.FORMAT,
             "config": dataclasses.asdict(self.config),
@@ -780,7 +867,9 @@ class PPO:
             "score_stats": {"mean": float(self.score_stats.mean), "var": float(self.score_stats.var),
                             "count": float(self.score_stats.count)},
             "reward_pipeline": self.task.rewards.state_dict(),
-            "prompt_rng": self.prompt_rng.bit_generator.state,
+            "num_processes": len(prompt_streams),
+            "prompt_rng": prompt_streams[0],
+            **({"process_prompt_rngs": prompt_streams} if len(prompt_streams) > 1 else {}),
             "history": self.history,
         }
 
@@ -802,7 +891,7 @@ class PPO:
             torch.cuda.set_rng_state(state["cuda"])
 
     def _prune_checkpoints(self, written: Path) -> None:
-        if not self.run or written.parent != self.run.dir / "checkpoints":
+        if not self.run or written.parent != self.run_dir / "checkpoints":
             return
         checkpoint.remove_leftovers(written.parent)  # of writes that a kill cut short
         periodic = sorted(p for p in written.parent.iterdir() if checkpoint.iteration_of(p) is not None)
@@ -838,6 +927,13 @@ class PPO:
             config_options = {**state["config"], **overrides}
         except (KeyError, TypeError):
             raise checkpoint.CheckpointError(f"{path / STATE_FILE}: holds no run definition and config") from None
+        written_by, running = int(state.get("num_processes", 1)), processes.launched_processes()
+        if written_by != running:  # each process continues its own random streams: the same number of them
+            raise checkpoint.CheckpointError(
+                f"{path} was written by a run of {written_by} process(es) and this one has {running}: resume it "
+                f"with {written_by} (accelerate launch --num_processes {written_by} ...); to start a new run from its "
+                f"weights, load {path / 'model'} as a model"
+            )
         agent = cls.__new__(cls)
         agent.config = PPOConfig.from_options(config_options)
         device = resolve_device(agent.config.device)
@@ -902,18 +998,23 @@ class PPO:
             group["lr"], group["eps"] = lr, agent.config.adam_eps  # included (annealing rescales from these)
         rng = _load_part(path / RNG_FILE, lambda p: _read_safetensors(p, "cpu")[0])
         _load_part(path / STATE_FILE, lambda p: agent._restore_state(rng, state))
-        if agent.run and path.parent == agent.run.dir / "checkpoints":
+        if agent.run_dir and path.parent == agent.run_dir / "checkpoints":
             agent._saved = (path.resolve(), agent.num_iterations, state.get("optimizer", True))
         return agent
 
     def _restore_state(self, rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        self._set_torch_rng_state(rng)
+        k = self.processes.index  # this process's own streams
+        prefix = f"process{k}." if k else ""
+        self._set_torch_rng_state({
+            name[len(prefix):]: tensor for name, tensor in rng.items()
+            if name.startswith(prefix) and (k or not name.startswith("process"))
+        })
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.score_stats.mean = np.float64(state["score_stats"]["mean"])
         self.score_stats.var = np.float64(state["score_stats"]["var"])
         self.score_stats.count = state["score_stats"]["count"]
         self.task.rewards.load_state_dict(state["reward_pipeline"])
-        self.prompt_rng.bit_generator.state = state["prompt_rng"]
+        self.prompt_rng.bit_generator.state = state["process_prompt_rngs"][k] if k else state["prompt_rng"]
         self.num_iterations = int(state["num_iterations"])
         self.num_episodes = int(state["num_episodes"])
         self.history = list(state["history"])
@@ -952,6 +1053,14 @@ def _callbacks(callback: Any) -> list[IterationCallback]:
     return callbacks
 
 
+def _weighted_sum(stats: Sequence[dict[str, float]], weights: Sequence[float]) -> dict[str, float]:
+    """Each key's sum of value x weight over ``stats`` (the maximum for ``*_max`` keys); every dict has the keys."""
+    return {
+        key: max(s[key] for s in stats) if key.endswith("_max") else sum(s[key] * w for s, w in zip(stats, weights))
+        for key in stats[0]
+    }
+
+
 def _weighted_mean(stats: Sequence[dict[str, float]], weights: Sequence[float]) -> dict[str, float]:
     """Weighted means of each key of ``stats`` (maxima for ``*_max`` keys); a key missing from some dicts
     (the entropy, logged in the first epoch only) is averaged over the dicts that have it."""
@@ -964,6 +1073,19 @@ def _weighted_mean(stats: Sequence[dict[str, float]], weights: Sequence[float]) 
         else:
             out[key] = sum(v * w for v, w in pairs) / max(sum(w for _, w in pairs), 1e-12)
     return out
+
+
+def _precision(precision: str) -> str:
+    """The config's ``precision``; under ``accelerate launch``, "auto" follows its ``--mixed_precision``."""
+    launched = launched_precision()  # "no" or "bf16" (Processes.for_run refused the others)
+    if precision != "auto" or launched is None:
+        return precision
+    return "bf16" if launched == "bf16" else "fp32"
+
+
+def _stream_seed(seed: int, process: int) -> int:
+    """The seed of a process's own random streams (process 0 uses ``seed`` itself)."""
+    return int(np.random.SeedSequence([seed, process]).generate_state(1, dtype=np.uint32)[0])
 
 
 def without_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

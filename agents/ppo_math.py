@@ -15,6 +15,8 @@ even when they are NaN or inf.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -73,7 +75,10 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
+    total: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Normalize ``x`` to zero mean and unit variance over the masked entries.
 
     Args:
@@ -81,13 +86,20 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
         mask: the same shape as ``x``; 1.0 where an entry counts.
         shift_mean: if False, keep the original mean and only rescale (used for
             rewards, whose sign carries meaning).
+        total: sums a tensor over the processes of a run, so that the mean and variance are
+            those of every process's entries (None: this process's only).
 
     Returns:
         A tensor of ``x``'s shape; the masked entries have mean 0 (or ``x``'s mean,
         if not ``shift_mean``) and unbiased variance 1; the masked-out entries are 0.
     """
-    mean = masked_mean(x, mask)  # ()
-    var = masked_var(x, mask)  # ()
+    if total is None:
+        mean = masked_mean(x, mask)  # ()
+        var = masked_var(x, mask)  # ()
+    else:
+        mask_sum, x_sum = total(torch.stack([mask.sum(), (x * mask).sum()]))  # () each
+        mean = x_sum / mask_sum  # ()
+        var = total(((x - mean) ** 2 * mask).sum()) / (mask_sum - 1)  # () unbiased, as masked_var's
     whitened = (x - mean) * torch.rsqrt(var + 1e-8)  # (B, T)
     if not shift_mean:
         whitened = whitened + mean  # (B, T)

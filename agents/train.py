@@ -253,8 +253,12 @@ def run_training(args: argparse.Namespace) -> int:
             before anything is loaded.
         CheckpointError: the checkpoint to resume is damaged (the file is named).
     """
-    from textenv.agents import PPO, PPOConfig, TrainingError
+    from textenv.agents import PPO, PPOConfig, TrainingError, processes
 
+    # Under accelerate launch every process runs this; the main one speaks for them.
+    say = print if processes.is_main_process() else _silent
+    if processes.unsupported_launch():
+        raise UsageError(processes.unsupported_launch())
     task, options = train_settings(args)
     start = time.perf_counter()
     if task.resume:
@@ -272,9 +276,9 @@ def run_training(args: argparse.Namespace) -> int:
                 f"with --model {checkpoint / 'model'}"
             )
         if note:
-            print(note, flush=True)
+            say(note, flush=True)
         if applied:
-            print(f"resume: applying {', '.join(applied)}", flush=True)
+            say(f"resume: applying {', '.join(applied)}", flush=True)
         recorded = state.get("metadata", {}).get(METADATA_KEY, {})
         task = dataclasses.replace(task, **{
             name: given.get(name, recorded.get(name, getattr(task, name))) for name in ("iterations", "eval_prompts")
@@ -284,7 +288,7 @@ def run_training(args: argparse.Namespace) -> int:
         options["run_dir"] = task.output_dir
         _checked_config(PPOConfig, {**state["config"], **options})
         check_output_dir(task.output_dir)
-        print(f"resuming from {checkpoint}", flush=True)
+        say(f"resuming from {checkpoint}", flush=True)
         agent = PPO.load(checkpoint, **options)
         reward = state["run"].get("reward") or "as recorded"
     else:
@@ -294,43 +298,48 @@ def run_training(args: argparse.Namespace) -> int:
         env = TextGenVectorEnv(
             1, model=task.model, prompts=task.prompts, reward=task.reward, max_new_tokens=task.max_new_tokens
         )
-        print(f"loading {task.model} ...", flush=True)
+        say(f"loading {task.model} ...", flush=True)
         agent = PPO(env, **options)
         reward = task.reward
     agent.metadata[METADATA_KEY] = {"iterations": task.iterations, "eval_prompts": task.eval_prompts}
-    print(f"ready in {time.perf_counter() - start:.1f} s on {agent.device}"
+    say(f"ready in {time.perf_counter() - start:.1f} s on {agent.device}"
           f"{' (bf16 autocast)' if agent.bf16 else ''}; reward = {reward}; iteration {agent.num_iterations} of "
           f"{task.iterations}", flush=True)
 
-    prompts = [agent.task.prompts[i % len(agent.task.prompts)] for i in range(task.eval_prompts)]
+    evaluated = task.eval_prompts if agent.processes.is_main else 0  # (the main process shows the samples)
+    prompts = [agent.task.prompts[i % len(agent.task.prompts)] for i in range(evaluated)]
     before = agent.evaluate(prompts, seed=agent.config.seed) if prompts else None
     total = task.iterations * agent.config.batch_size
     try:
         agent.learn(total, reset_num_episodes=not task.resume)
     except TrainingError as error:  # its message says what went wrong and where the last good state is
-        print(f"textenv: error: {error}", file=sys.stderr)
+        say(f"textenv: error: {error}", file=sys.stderr)
         return 2
     except DiskFullError as error:  # "no space left on DEVICE while saving PATH"; the older checkpoints load
-        print(f"textenv: error: {error.strerror}", file=sys.stderr)
+        say(f"textenv: error: {error.strerror}", file=sys.stderr)
         return 1
     if agent.num_episodes < total:  # a Ctrl-C: learn() saved a checkpoint and said where
         return 130
     after = agent.evaluate(prompts, seed=agent.config.seed) if prompts else None
 
     if before is not None:
-        print("\nsamples (same prompts, same sampling seed):")
+        say("\nsamples (same prompts, same sampling seed):")
         for i in range(min(4, len(prompts))):
-            print(f"  {prompts[i]}")
-            print(f"    before [{before.rewards[i]:+.2f}] {before.completions[i].strip()[:120]!r}")
-            print(f"    after  [{after.rewards[i]:+.2f}] {after.completions[i].strip()[:120]!r}")
-        print(f"\nmean reward on {len(prompts)} prompts: before {np.mean(before.rewards):+.3f}, "
+            say(f"  {prompts[i]}")
+            say(f"    before [{before.rewards[i]:+.2f}] {before.completions[i].strip()[:120]!r}")
+            say(f"    after  [{after.rewards[i]:+.2f}] {after.completions[i].strip()[:120]!r}")
+        say(f"\nmean reward on {len(prompts)} prompts: before {np.mean(before.rewards):+.3f}, "
               f"after {np.mean(after.rewards):+.3f}")
     curve = [h["charts/episodic_return"] for h in agent.history]
     if curve:
-        print(f"training reward by iteration: {' '.join(f'{r:+.2f}' for r in curve)}")
-    print(f"run directory: {task.output_dir} (TensorBoard events, samples.jsonl, reward_curve.png, checkpoints/)")
-    print(f"total time {time.perf_counter() - start:.0f} s")
+        say(f"training reward by iteration: {' '.join(f'{r:+.2f}' for r in curve)}")
+    say(f"run directory: {task.output_dir} (TensorBoard events, samples.jsonl, reward_curve.png, checkpoints/)")
+    say(f"total time {time.perf_counter() - start:.0f} s")
     return 0
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """``print`` in a process that is not the main one."""
 
 
 def _checked_config(config_class: type, options: dict[str, Any]) -> Any:

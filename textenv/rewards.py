@@ -503,7 +503,7 @@ class RewardPipeline:
         self._pending: dict[str, list[np.ndarray]] | None = None
 
     @contextlib.contextmanager
-    def one_batch(self) -> Iterator[RewardPipeline]:
+    def one_batch(self, gather: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[RewardPipeline]:
         """Score one batch in several calls with one set of normalization statistics.
 
         A rollout scores its rows as their episodes end, at different steps. Outside this
@@ -514,6 +514,11 @@ class RewardPipeline:
 
         A nested entry joins the outer batch. If the block raises, the kept values are
         dropped: a failed batch does not move the statistics.
+
+        Args:
+            gather: when a batch is scored in several processes, maps this process's raw values
+                of a term to every process's (called once per normalized term, in term order, by
+                every process), so that each process's statistics take in the whole batch.
 
         Example::
 
@@ -530,8 +535,13 @@ class RewardPipeline:
         finally:
             pending, self._pending = self._pending, None
         for term in self.terms:  # reached only when the block did not raise
-            if pending.get(term.key):
-                term.stats.update(np.concatenate(pending[term.key]))
+            if term.key not in pending:
+                continue
+            values = np.concatenate(pending[term.key]) if pending[term.key] else np.zeros(0)
+            if gather is not None:
+                values = gather(values)
+            if len(values):
+                term.stats.update(values)
 
     @classmethod
     def from_spec(cls, spec: Any, plugin_manager=None, *, timeout: float | None = None) -> RewardPipeline:
