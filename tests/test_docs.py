@@ -30,6 +30,7 @@ import pty
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -204,6 +205,8 @@ class Runner:
             argv = self.textenv(argv)
         elif argv[0] in ("python", "python3") and argv[1].startswith("examples/"):
             argv = [sys.executable, *argv[1:], *EXAMPLE_SIZES[Path(argv[1]).name]]
+        elif argv[:2] == ["accelerate", "launch"]:
+            argv = self.accelerate(argv)
         elif argv[0] not in SAFE_COMMANDS:
             pytest.fail(f"{block}: tests/test_docs.py does not know how to run {command!r}: teach it, or put "
                         "<!-- docs-test: skip: REASON --> on the line before the block")
@@ -211,6 +214,20 @@ class Runner:
             self.terminal(block, argv)
         else:
             self.check(block, shlex.join(argv), argv)
+
+    def accelerate(self, argv: list[str]) -> list[str]:
+        """``accelerate launch [...] -m textenv ...`` or ``... examples/SCRIPT``: the command sized as it would be
+        alone, launched with this venv's accelerate on a free local port."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port)]
+        if "-m" in argv:
+            at = argv.index("-m")
+            return [*launcher, *argv[2:at], "-m", *self.textenv(argv[at + 1:])]
+        script = next(i for i, a in enumerate(argv) if a.startswith("examples/"))
+        return [*launcher, *argv[2:], *EXAMPLE_SIZES[Path(argv[script]).name]]
 
     def textenv(self, argv: list[str]) -> list[str]:
         argv = [self.models(a) for a in argv]
