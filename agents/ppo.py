@@ -71,6 +71,10 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 """torch's global RNG state and the sampling and shuffling generators' (and CUDA's)."""
 
+HISTORY_LIMIT = 2000
+"""Iterations whose statistics :attr:`PPO.history` holds at most: past it, its older half is thinned to every
+second iteration, so memory and checkpoints stay bounded on long runs (TensorBoard keeps every iteration)."""
+
 IterationCallback = Callable[["PPO", dict[str, float]], "bool | None"]
 """``callback(agent, stats)`` after each iteration of :meth:`PPO.learn`; ``False`` stops training."""
 
@@ -393,6 +397,9 @@ class PPO:
         for (name, _), total in zip(terms, term_sums):
             stats[f"reward/{name}"] = total / cfg.batch_size
         self.history.append(stats)
+        if len(self.history) > HISTORY_LIMIT:
+            half = len(self.history) // 2  # the older half, every second iteration: the curve still spans the run
+            self.history = self.history[:half:2] + self.history[half:]
         if self.run:
             self.run.scalars(stats, self.num_episodes)
             if cfg.sample_every and (self.num_iterations - 1) % cfg.sample_every == 0:  # 1st, then every k

@@ -518,3 +518,13 @@ def test_values_stay_float32_under_bf16_autocast():
         got = policy.value_of_hidden(hidden)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected)
+
+
+def test_the_history_stays_bounded_on_long_runs_and_still_spans_the_run(monkeypatch):
+    monkeypatch.setattr("textenv.agents.ppo.HISTORY_LIMIT", 4)
+    agent = small_agent(make_env())
+    agent.learn(total_episodes=10 * agent.config.batch_size)
+    episodes = [h["episodes"] for h in agent.history]
+    assert len(episodes) <= 4
+    assert episodes[0] == agent.config.batch_size and episodes[-1] == agent.num_episodes  # first and last kept
+    assert episodes == sorted(episodes)
