@@ -61,3 +61,44 @@ def test_the_delay_distribution_checks_its_bounds_and_scales():
         UniformDelay(min_delay=2.0, max_delay=1.0)
     fast = UniformDelay().scaled(10)
     assert (fast.min_delay, fast.max_delay) == pytest.approx((0.02, 0.4))
+
+
+def test_the_credit_committed_with_each_press_is_the_whole_batchs_credit_so_far(tmp_path):
+    """Each press commits only what it changes; together the commits equal crediting every press at once."""
+    import os
+    import pty
+
+    from textenv.plugins.human.store import FeedbackStore
+    from textenv.plugins.human.stream import StreamConfig, TokenFeedback, _Batch
+    from textenv.plugins.human.terminal import Key, KeyReader
+
+    rng = np.random.default_rng(0)
+    master, slave = pty.openpty()
+    delay = UniformDelay(min_delay=0.2, max_delay=4.0)
+    with FeedbackStore(tmp_path / "f.db") as store, open(os.devnull, "w") as out:
+        session = store.start_session("tokens")
+        feedback = TokenFeedback(store, session, config=StreamConfig(delay=delay), reader=KeyReader(slave), out=out)
+        feedback._batch = batch = _Batch()  # as stream() sets it while it displays
+        shown, ends, t = [], [], 1000.0
+        for e in range(12):
+            times = batch.add(store.add_episode(session, "p", f"c{e}", list(range(16)), ["x"] * 16), 16)
+            for _ in range(16):
+                times.append(t)
+                t += 0.25
+                if rng.random() < 0.4:
+                    feedback.on_key(Key("g" if rng.random() < 0.6 else "b", t - 0.1 * rng.random()))
+            t += 0.5
+            if e < 11:  # the last is still on screen: killed mid-completion
+                batch.ends[e] = t
+                store.set_display_times(batch.episode_ids[e], times, t)
+            shown.append(list(times))
+            ends.append(batch.ends[e] if e < 11 else max(p.at for p in store.keypresses()))
+            t += 0.3
+        presses = store.keypresses()
+        assert len(presses) > 40
+        every, _ = credit_keypresses([p.at for p in presses], [p.signal for p in presses], np.concatenate(shown),
+                                     np.concatenate([hidden_times(s, end) for s, end in zip(shown, ends)]), delay)
+        stored = np.concatenate([rewards for _, rewards, _ in store.token_feedback()])
+    os.close(master)
+    os.close(slave)
+    np.testing.assert_allclose(stored, every, atol=1e-12)

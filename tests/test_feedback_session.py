@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -140,6 +141,57 @@ def test_token_labelling_survives_kill_9_with_every_keypress(tmp_path):
         assert all(p.episode_id is not None for p in store.keypresses())  # each names what was on screen
 
 
+_STREAM_THREE = textwrap.dedent("""
+    import sys
+    from textenv.plugins.human.credit import UniformDelay
+    from textenv.plugins.human.store import FeedbackStore
+    from textenv.plugins.human.stream import StreamConfig, TokenFeedback
+    from textenv.plugins.human.terminal import KeyReader
+
+    store = FeedbackStore(sys.argv[1])
+    session = store.start_session("label-tokens")
+    config = StreamConfig(pace=50, delay=UniformDelay(min_delay=0.01, max_delay=0.3), gap=0.2, linger=0.2)
+    texts = [" a fine film" * 3, " a dull film" * 3, " and then" * 300]  # the third runs for 50 s
+    with KeyReader() as reader:
+        feedback = TokenFeedback(store, session, config=config, reader=reader)
+        feedback.stream(["The film"] * 3, texts, [[ord(c) for c in t] for t in texts], [list(t) for t in texts])
+""")
+
+
+def test_a_token_batch_killed_midway_keeps_its_presses_creditable_and_exported(tmp_path):
+    db = str(tmp_path / "feedback.db")
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr.txt", "w") as log:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        child = subprocess.Popen([sys.executable, "-c", _STREAM_THREE, db], stdin=slave, stdout=slave, stderr=log,
+                                 env=env, close_fds=True)
+    os.close(slave)
+    try:
+        with SimulatedHuman(master_fd=master, judge=False) as person:
+            for shown, key in [("[1/3]", "g"), ("[2/3]", "b")]:  # three goods on the first, three bads on the second
+                _wait_for(lambda shown=shown: shown in "".join(person.screen), what=f"completion {shown}")
+                now = time.time()
+                for delay in (0.2, 0.35, 0.5):
+                    person.type(key, at=now + delay)
+            _wait_for(lambda: "[3/3]" in "".join(person.screen), what="the third completion")
+            _wait_for(lambda: _count(db, "keypresses") == 6, what="the six keypresses to be committed")
+            child.send_signal(signal.SIGKILL)  # in the middle of the batch: the third completion is streaming
+            assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        child.kill()
+        os.close(master)
+    out = tmp_path / "prefs.jsonl"
+    with FeedbackStore(db) as store:
+        first, second = store.episodes()[:2]
+        assert first["shown_at"] and second["shown_at"]  # when each token appeared survived the kill
+        totals = [sum(rewards) for _, rewards, _ in store.token_feedback()[:2]]
+        assert totals[0] > 1 and totals[1] < -1
+        assert store.export_preferences(out) >= 1
+    pairs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {"prompt": "The film", "chosen": " a fine film" * 3, "rejected": " a dull film" * 3,
+            "margin": pytest.approx(totals[0] - totals[1])} in pairs
+
+
 def test_rating_survives_kill_9_and_exports_preferences(tmp_path):
     db, prompts = str(tmp_path / "feedback.db"), tmp_path / "one_prompt.txt"
     prompts.write_text("The film was\n")
@@ -252,7 +304,9 @@ def test_comparing_asks_where_a_real_reward_model_ensemble_disagrees(tmp_path):
     try:
         with SimulatedHuman(master_fd=master, judge=False) as person:
             for asked, answer in [(1, "a"), (2, "b")]:
-                _wait_for(lambda asked=asked: "".join(person.screen).count("is better") >= asked, what="a question")
+                # once each question is on screen: a key typed earlier answers nothing
+                _wait_for(lambda asked=asked: "".join(person.screen).count("right is better") >= asked,
+                          what="a question")
                 person.type(answer)
             assert child.wait(timeout=60) == 0, (tmp_path / "stderr.txt").read_text()
     finally:

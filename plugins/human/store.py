@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,29 +215,57 @@ class FeedbackStore:
              json.dumps(list(tokens)), time.time()),
         )
 
-    def set_display_times(self, episode_id: int, shown_at: Sequence[float], hidden_at: float) -> None:
-        """Record when each token of an episode appeared and when the last one was followed."""
+    def set_display_times(self, episode_id: int, shown_at: Sequence[float], hidden_at: float | None) -> None:
+        """Record when each token of an episode appeared and when the last one was followed (None: still shown)."""
         with self._transaction():
-            self._db.execute(
-                "UPDATE episodes SET shown_at = ?, hidden_at = ? WHERE id = ?",
-                (json.dumps([float(t) for t in shown_at]), float(hidden_at), episode_id),
-            )
+            self._write_display_times(episode_id, shown_at, hidden_at)
 
-    def add_keypress(self, session_id: int, press: Keypress) -> int:
-        """Commit one keypress (called from the key-reader thread as soon as it is read)."""
-        return self._insert(
-            "INSERT INTO keypresses (session_id, episode_id, at, key, value, strength) VALUES (?, ?, ?, ?, ?, ?)",
-            (session_id, press.episode_id, press.at, press.key, press.value, press.strength),
-        )
+    def add_keypress(
+        self,
+        session_id: int,
+        press: Keypress,
+        *,
+        display_times: Mapping[int, tuple[Sequence[float], float | None]] | None = None,
+        token_rewards: Mapping[int, tuple[Sequence[float], Sequence[float]]] | None = None,
+    ) -> int:
+        """Commit one keypress (called from the key-reader thread as soon as it is read).
+
+        Args:
+            session_id: the session it belongs to.
+            press: the keypress.
+            display_times: per episode id, ``(shown_at, hidden_at)`` of the tokens on screen so far
+                (see :meth:`set_display_times`), committed with the press: what crediting it needs
+                survives whatever survives the press.
+            token_rewards: per episode id, ``(rewards, masses)``, the credit so far; stored too.
+        """
+        with self._transaction():
+            row = int(self._db.execute(
+                "INSERT INTO keypresses (session_id, episode_id, at, key, value, strength) VALUES (?, ?, ?, ?, ?, ?)",
+                (session_id, press.episode_id, press.at, press.key, press.value, press.strength),
+            ).lastrowid)
+            for episode_id, (shown_at, hidden_at) in (display_times or {}).items():
+                self._write_display_times(episode_id, shown_at, hidden_at)
+            for episode_id, (rewards, masses) in (token_rewards or {}).items():
+                self._write_token_rewards(episode_id, rewards, masses)
+            return row
 
     def set_token_rewards(self, episode_id: int, rewards: Sequence[float], masses: Sequence[float]) -> None:
         """Store (replace) the credited per-token rewards of an episode."""
         with self._transaction():
-            self._db.execute("DELETE FROM token_rewards WHERE episode_id = ?", (episode_id,))
-            self._db.executemany(
-                "INSERT INTO token_rewards (episode_id, position, reward, mass) VALUES (?, ?, ?, ?)",
-                [(episode_id, k, float(r), float(m)) for k, (r, m) in enumerate(zip(rewards, masses))],
-            )
+            self._write_token_rewards(episode_id, rewards, masses)
+
+    def _write_display_times(self, episode_id: int, shown_at: Sequence[float], hidden_at: float | None) -> None:
+        self._db.execute(
+            "UPDATE episodes SET shown_at = ?, hidden_at = ? WHERE id = ?",
+            (json.dumps([float(t) for t in shown_at]), None if hidden_at is None else float(hidden_at), episode_id),
+        )
+
+    def _write_token_rewards(self, episode_id: int, rewards: Sequence[float], masses: Sequence[float]) -> None:
+        self._db.execute("DELETE FROM token_rewards WHERE episode_id = ?", (episode_id,))
+        self._db.executemany(
+            "INSERT INTO token_rewards (episode_id, position, reward, mass) VALUES (?, ?, ?, ?)",
+            [(episode_id, k, float(r), float(m)) for k, (r, m) in enumerate(zip(rewards, masses))],
+        )
 
     def add_rating(self, session_id: int, episode_id: int, rating: float, *, scale: int) -> int:
         """Commit a rating of a whole completion (1..scale)."""

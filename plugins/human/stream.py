@@ -2,10 +2,16 @@
 
 :class:`TokenFeedback` ties together the store, the key reader and the display. It
 shows each completion token by token at ``pace`` tokens per second; the person
-presses keys whenever they like (the reader thread commits each press to the store
-the moment it is read); at the end the presses are credited to the tokens through
-the delay distribution (:mod:`textenv.plugins.human.credit`) and the per-token rewards
-are stored too.
+presses keys whenever they like; the presses are credited to the tokens through the
+delay distribution (:mod:`textenv.plugins.human.credit`) and the per-token rewards are
+stored too.
+
+Durability: the reader thread commits each press the moment it is read, and in the same
+transaction the display times of the batch's tokens so far and the credit so far (a
+press is only ever credited to tokens shown before it, so that is all it needs). Each
+completion's display times are committed again when it leaves the screen, and the final
+credit at the end of the batch. A ``kill -9`` mid-batch thus keeps every press creditable,
+and credited: the batch's preference pairs export as if it had ended at the last press.
 
 Keys (shown on screen at the start and with ``?``):
 
@@ -84,6 +90,69 @@ class StreamResult:
     attentive: bool
 
 
+@dataclass
+class _Batch:
+    """The completions of the :meth:`TokenFeedback.stream` call in progress, in display order.
+
+    The main thread appends as it displays; the reader thread reads it (under
+    ``TokenFeedback._batch_lock``) to commit a press with what crediting it needs.
+    """
+
+    episode_ids: list[int] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    shown_at: list[list[float]] = field(default_factory=list)
+    """Per completion, when each token appeared (appended by the main thread as it shows one)."""
+    ends: list[float | None] = field(default_factory=list)
+    """Per completion, when it left the screen; None while it is still shown."""
+    credited: set[int] = field(default_factory=set)
+    """The completions whose credit some press's commit has stored."""
+
+    def add(self, episode_id: int, length: int) -> list[float]:
+        """Start a completion; returns the list its display times go into."""
+        self.episode_ids.append(episode_id)
+        self.lengths.append(length)
+        self.shown_at.append([])
+        self.ends.append(None)
+        return self.shown_at[-1]
+
+    @property
+    def started(self) -> float:
+        """When the first token appeared (inf before then)."""
+        return min((shown[0] for shown in self.shown_at if shown), default=np.inf)
+
+    def credit(
+        self, presses: Sequence[Keypress], delay: UniformDelay, *, now: float, only: Sequence[int] | None = None
+    ) -> tuple[list[list[float]], list[np.ndarray], list[np.ndarray]]:
+        """Credit the presses to the tokens shown so far, one timeline across the completions.
+
+        Args:
+            presses: the presses to credit.
+            delay: the reaction-delay distribution.
+            now: the end of display of a completion still on screen (its last token's, at least).
+            only: credit these completions only (each token's credit depends on its own display
+                times alone, so a part of the timeline gives the same values as the whole).
+
+        Returns:
+            Per completion: its display times (a copy), (T_i,) rewards, (T_i,) masses (zeros
+            outside ``only``).
+        """
+        shown = [list(times) for times in self.shown_at]  # a copy: the main thread may append meanwhile
+        rewards = [np.zeros(n) for n in self.lengths]
+        masses = [np.zeros(n) for n in self.lengths]
+        part = [j for j in (range(len(shown)) if only is None else only) if shown[j]]
+        if part and presses:
+            ends = [self.ends[j] if self.ends[j] is not None else max(now, shown[j][-1]) for j in part]
+            shown_flat = np.concatenate([shown[j] for j in part])  # (K,)
+            hidden_flat = np.concatenate([hidden_times(shown[j], end) for j, end in zip(part, ends)])  # (K,)
+            flat_rewards, flat_masses = credit_keypresses(
+                [p.at for p in presses], [p.signal for p in presses], shown_flat, hidden_flat, delay
+            )  # (K,) each
+            offsets = np.cumsum([0] + [len(shown[j]) for j in part])
+            for j, a, b in zip(part, offsets[:-1], offsets[1:]):
+                rewards[j][: b - a], masses[j][: b - a] = flat_rewards[a:b], flat_masses[a:b]
+        return shown, rewards, masses
+
+
 class TokenFeedback:
     """A person at a terminal giving TAMER feedback on streamed completions.
 
@@ -108,6 +177,11 @@ class TokenFeedback:
         self._presses: list[Keypress] = []
         self._messages: list[str] = []
         self._lock = threading.Lock()
+        # Held while a press is credited and committed, and while the main thread changes what it is
+        # credited against (a completion leaves the screen, the batch ends): a press never commits a
+        # stale view over a newer one. Always taken before the store's own lock, never inside it.
+        self._batch_lock = threading.Lock()
+        self._batch: _Batch | None = None
         self.n_presses = 0
 
     # ------------------------------------------------------- reader thread side
@@ -119,10 +193,16 @@ class TokenFeedback:
                 at=key.at, key=key.name, value=1.0 if key.name in GOOD_KEYS else -1.0,
                 strength=self.strength_level / DEFAULT_STRENGTH, episode_id=self.current_episode,
             )
-            self.store.add_keypress(self.session_id, press)
-            with self._lock:
-                self._presses.append(press)
-                self.n_presses += 1
+            with self._batch_lock:
+                try:
+                    display, credited = self._credit_so_far(press)
+                except Exception as exc:  # noqa: BLE001  (the press itself must still be stored; the batch's
+                    display, credited = None, None  # end credits every press again)
+                    self._say(f"could not credit this press yet: {exc!r}")
+                self.store.add_keypress(self.session_id, press, display_times=display, token_rewards=credited)
+                with self._lock:
+                    self._presses.append(press)
+                    self.n_presses += 1
         elif key.name.isdigit() and key.name != "0":
             if int(key.name) != self.strength_level:
                 self.strength_level = int(key.name)
@@ -139,6 +219,40 @@ class TokenFeedback:
             self._say(HELP)
         else:
             self._say(f"key {key.name!r} does nothing here; press ? for help")
+
+    def _credit_so_far(self, press: Keypress) -> tuple[dict | None, dict | None]:
+        """What to commit with a press: the batch's display times so far, and its credit so far.
+
+        Called under the batch lock. The credit is the one the end of the batch would store for
+        the presses so far, except that a completion still on screen ends at the press; like it,
+        it is stored only once some press came while the batch was on screen. Only what this
+        press changes is written (a press moves the credit of the tokens shown within
+        ``max_delay`` before it; a completion that left the screen had its times committed
+        then), plus the completions no commit has credited yet: a few rows per press, where
+        rewriting a 64-completion batch took ~50 ms.
+        """
+        batch = self._batch
+        if batch is None:
+            return None, None
+        with self._lock:
+            presses = [*self._presses, press]
+        shown = [list(times) for times in batch.shown_at]  # a copy: the main thread may append meanwhile
+        display = {batch.episode_ids[j]: (times, None) for j, times in enumerate(shown)
+                   if times and batch.ends[j] is None}
+        started = min((times[0] for times in shown if times), default=np.inf)
+        if not any(p.at >= started for p in presses):
+            return display or None, None
+        reach = press.at - self.config.delay.max_delay
+        changed = [j for j, times in enumerate(shown)
+                   if times and (j not in batch.credited or batch.ends[j] is None or batch.ends[j] >= reach)]
+        if not changed:  # every completion it could reach is stored and unchanged by it
+            return display or None, None
+        # presses before the earliest changed token credit none of them
+        first = min(shown[j][0] for j in changed)
+        _, rewards, masses = batch.credit([p for p in presses if p.at >= first], self.config.delay, now=press.at,
+                                          only=changed)
+        batch.credited.update(changed)
+        return display, {batch.episode_ids[j]: (rewards[j], masses[j]) for j in changed}
 
     def _say(self, message: str) -> None:
         with self._lock:
@@ -209,52 +323,52 @@ class TokenFeedback:
         cfg = self.config
         n = len(completions)
         episode_ids: list[int | None] = [None] * n
-        shown_at: list[list[float]] = [[] for _ in range(n)]
-        ends: list[float] = [0.0] * n
         shown: list[int] = []
+        batch = _Batch()
+        with self._batch_lock:
+            self._batch = batch
         if title:
             self.write(f"\n{title}\n{_DIM}{HELP}{_RESET}\n")
-        for i in range(n):
-            if self.quit.is_set():
-                break
-            episode_ids[i] = self.store.add_episode(
-                self.session_id, prompts[i], completions[i], completion_ids[i], tokens[i]
-            )
-            self.current_episode = episode_ids[i]
-            self.write(f"\n{_DIM}[{i + 1}/{n}] {prompts[i]}{_RESET} {COMPLETION_START}")
-            step = 1.0 / cfg.pace
-            next_time = time.time() + step
-            for piece in tokens[i]:
-                next_time += self.wait(next_time, idle)
+        try:
+            for i in range(n):
                 if self.quit.is_set():
                     break
-                shown_at[i].append(time.time())
-                self.write(printable(piece))
-                next_time = max(next_time, time.time()) + step  # behind schedule: no burst to catch up
-            self.write(f"{COMPLETION_END}\n")
-            self.wait(time.time() + (cfg.linger if i == n - 1 else cfg.gap), idle)
-            ends[i] = time.time()
-            self.current_episode = None
-            shown.append(i)
-        presses = self.take_presses()
-        rewards = [np.zeros(len(ids)) for ids in completion_ids]
-        masses = [np.zeros(len(ids)) for ids in completion_ids]
-        timeline = [(i, k) for i in shown for k in range(len(shown_at[i]))]
-        if timeline:
-            shown_flat = np.concatenate([shown_at[i] for i in shown])  # (K,)
-            hidden_flat = np.concatenate([hidden_times(shown_at[i], ends[i]) for i in shown])  # (K,)
-            flat_rewards, flat_masses = credit_keypresses(
-                [p.at for p in presses], [p.signal for p in presses], shown_flat, hidden_flat, cfg.delay
-            )  # (K,) each
-            for (i, k), r, m in zip(timeline, flat_rewards, flat_masses):
-                rewards[i][k], masses[i][k] = r, m
-        started = min((shown_at[i][0] for i in shown if shown_at[i]), default=np.inf)
-        attentive = any(p.at >= started for p in presses)  # keys pressed while this was on screen
-        for i in shown:
-            if shown_at[i]:
-                self.store.set_display_times(episode_ids[i], shown_at[i], ends[i])
-            if attentive:  # the person was watching: zeros mean "nothing to say", worth storing
-                self.store.set_token_rewards(episode_ids[i], rewards[i], masses[i])
+                episode_ids[i] = self.store.add_episode(
+                    self.session_id, prompts[i], completions[i], completion_ids[i], tokens[i]
+                )
+                with self._batch_lock:
+                    shown_at = batch.add(episode_ids[i], len(completion_ids[i]))
+                self.current_episode = episode_ids[i]
+                self.write(f"\n{_DIM}[{i + 1}/{n}] {prompts[i]}{_RESET} {COMPLETION_START}")
+                step = 1.0 / cfg.pace
+                next_time = time.time() + step
+                for piece in tokens[i]:
+                    next_time += self.wait(next_time, idle)
+                    if self.quit.is_set():
+                        break
+                    shown_at.append(time.time())  # a list append: safe while the reader thread copies it
+                    self.write(printable(piece))
+                    next_time = max(next_time, time.time()) + step  # behind schedule: no burst to catch up
+                self.write(f"{COMPLETION_END}\n")
+                self.wait(time.time() + (cfg.linger if i == n - 1 else cfg.gap), idle)
+                with self._batch_lock:
+                    batch.ends[i] = time.time()
+                    if shown_at:  # durable at once, presses or not
+                        self.store.set_display_times(episode_ids[i], shown_at, batch.ends[i])
+                self.current_episode = None
+                shown.append(i)
+            with self._batch_lock:  # the final credit: no press commits between taking the presses and this
+                presses = self.take_presses()
+                _, batch_rewards, batch_masses = batch.credit(presses, cfg.delay, now=time.time())
+                attentive = any(p.at >= batch.started for p in presses)  # keys pressed while this was on screen
+                if attentive:  # the person was watching: zeros mean "nothing to say", worth storing
+                    for j in shown:
+                        self.store.set_token_rewards(episode_ids[j], batch_rewards[j], batch_masses[j])
+        finally:
+            with self._batch_lock:
+                self._batch = None
+        rewards = [batch_rewards[i] if i in shown else np.zeros(len(ids)) for i, ids in enumerate(completion_ids)]
+        masses = [batch_masses[i] if i in shown else np.zeros(len(ids)) for i, ids in enumerate(completion_ids)]
         return StreamResult(shown, rewards, masses, presses, episode_ids, attentive)
 
 
