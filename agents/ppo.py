@@ -319,7 +319,8 @@ class PPO:
                    disable=not (self.config.progress and self.processes.is_main))
         self._bar = None if bar.disable else bar
         try:
-            with bar, _graceful_interrupt() as interrupt:  # the bar closes before any error is printed
+            # the bar closes before any error is printed
+            with bar, _graceful_interrupt(say=self.processes.is_main) as interrupt:
                 for _ in range(iterations):
                     stats = self.train_iteration()
                     bar.update(1)
@@ -1189,15 +1190,17 @@ class _Interrupt:
 
 
 @contextlib.contextmanager
-def _graceful_interrupt() -> Iterator[_Interrupt]:
-    """First SIGINT: ask the loop to stop at the next iteration boundary; second: abort."""
+def _graceful_interrupt(say: bool = True) -> Iterator[_Interrupt]:
+    """First SIGINT: ask the loop to stop at the next iteration boundary; second: abort. ``say``: print that
+    (the main process does, for all of them)."""
     state = _Interrupt()
 
     def handler(signum, frame):
         if state.requested:
             raise KeyboardInterrupt
         state.requested = True
-        print("\nCtrl-C: finishing this iteration, then saving a checkpoint (press again to abort)", flush=True)
+        if say:
+            print("\nCtrl-C: finishing this iteration, then saving a checkpoint (press again to abort)", flush=True)
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
