@@ -9,6 +9,7 @@ import textwrap
 
 import gymnasium as gym
 import pytest
+from installed_plugins import POLITENESS_PLUGIN, make_distribution
 
 import textenv
 from textenv.plugin_manager import PluginError, make_plugin_manager
@@ -185,31 +186,8 @@ def test_python_function_file_that_fails_to_import_is_named(pm, tmp_path):
 # ------------------------------------------------------------------ entry points
 
 
-def make_distribution(root, *, body: str, name: str = "textenv-demo-plugin") -> None:
-    """A throwaway installed distribution: a module and a dist-info with a textenv entry point."""
-    module = name.replace("-", "_")
-    (root / f"{module}.py").write_text(textwrap.dedent(body))
-    info = root / f"{module}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[textenv]\ndemo = {module}\n")
-
-
-PLUGIN_BODY = """
-    import textenv
-
-    def politeness(completions):
-        '''1 when the completion says please.'''
-        return [float("please" in c.lower()) for c in completions]
-
-    @textenv.hookimpl
-    def textenv_reward_sources():
-        return [textenv.RewardSource("politeness", politeness)]
-"""
-
-
 def test_an_installed_entry_point_is_loaded(tmp_path, monkeypatch):
-    make_distribution(tmp_path, body=PLUGIN_BODY)
+    make_distribution(tmp_path, body=POLITENESS_PLUGIN)
     monkeypatch.syspath_prepend(str(tmp_path))
     source = make_plugin_manager(autoload=True).reward_sources()["politeness"]
     assert source.origin == "entry point 'demo' (textenv-demo-plugin 1.0)"
@@ -218,8 +196,8 @@ def test_an_installed_entry_point_is_loaded(tmp_path, monkeypatch):
 
 
 def test_two_distributions_may_give_an_entry_point_the_same_name(tmp_path, monkeypatch):
-    make_distribution(tmp_path, body=PLUGIN_BODY)
-    make_distribution(tmp_path, body=PLUGIN_BODY.replace("politeness", "courtesy"), name="textenv-other-plugin")
+    make_distribution(tmp_path, body=POLITENESS_PLUGIN)
+    make_distribution(tmp_path, body=POLITENESS_PLUGIN.replace("politeness", "courtesy"), name="textenv-other-plugin")
     monkeypatch.syspath_prepend(str(tmp_path))
     sources = make_plugin_manager(autoload=True).reward_sources()
     assert sources["politeness"].origin == "entry point 'demo' (textenv-demo-plugin 1.0)"
@@ -235,7 +213,7 @@ def test_an_entry_point_that_fails_to_import_is_named(tmp_path, monkeypatch):
 
 
 def test_cli_lists_the_critics_and_an_installed_plugin(tmp_path):
-    make_distribution(tmp_path, body=PLUGIN_BODY)
+    make_distribution(tmp_path, body=POLITENESS_PLUGIN)
     out = subprocess.run(
         [sys.executable, "-m", "textenv.cli", "plugins"], capture_output=True, text=True, check=True,
         env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import warnings
@@ -17,6 +16,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from installed_plugins import POLITENESS_PLUGIN, make_distribution
 
 import textenv
 from textenv import cli, plugin_manager
@@ -298,33 +298,10 @@ def test_ctrl_c_in_a_hanging_reward_saves_the_last_good_state_and_exits_130(tmp_
 # ------------------------------------------------------------------ plugins
 
 
-def make_distribution(root, *, body: str, name: str, entry: str = "demo") -> None:
-    """A throwaway installed distribution: a module and a dist-info with a textenv entry point."""
-    module = name.replace("-", "_")
-    (root / f"{module}.py").write_text(textwrap.dedent(body))
-    info = root / f"{module}-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[textenv]\n{entry} = {module}\n")
-
-
-GOOD_PLUGIN = """
-    import textenv
-
-    def politeness(completions):
-        '''1 when the completion says please.'''
-        return [float("please" in c.lower()) for c in completions]
-
-    @textenv.hookimpl
-    def textenv_reward_sources():
-        return [textenv.RewardSource("politeness", politeness)]
-"""
-
-
 @pytest.fixture
 def installed(tmp_path, monkeypatch):
     """A good plugin (entry point ``polite``) and a broken one (``demo``) on sys.path; no environment switches."""
-    make_distribution(tmp_path, body=GOOD_PLUGIN, name="textenv-polite-plugin", entry="polite")
+    make_distribution(tmp_path, body=POLITENESS_PLUGIN, name="textenv-polite-plugin", entry="polite")
     make_distribution(tmp_path, body="import no_such_dependency\n", name="textenv-broken-plugin")
     monkeypatch.syspath_prepend(str(tmp_path))
     for name in ("TEXTENV_DISABLE_PLUGIN_AUTOLOAD", "TEXTENV_DISABLE_PLUGINS"):
