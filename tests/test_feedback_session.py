@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import signal
 import sqlite3
 import subprocess
@@ -88,6 +89,11 @@ def test_the_human_source_credits_keys_stores_them_and_hhat_stands_in_for_silenc
         assert np.isclose(episodes.rewards, episodes.token_rewards.sum(1).double().numpy()).all()
         screen = "".join(person.screen)
         assert "↑ + g good" in screen and "▸" in screen
+        # a summary after each batch (each call of the source); Ĥ is judged once it has learned from one
+        summaries = re.findall(r"\d+ press(?:es)? \(.*credited to \d+ tokens of \d+ completions? · (Ĥ[^\n\x1b]*)",
+                               screen)
+        assert len(summaries) >= 2 and summaries[0] == "Ĥ: learning from the first presses"
+        assert re.fullmatch(r"Ĥ agreed on \d+ of [1-9]\d* pressed tokens so far \(\d+ %\)", summaries[-1])
         # the person stops judging: Ĥ fills the silence with its predictions
         person.judge = False
         silent = generate_episodes(model, env, seed=5)

@@ -138,3 +138,34 @@ def test_training_with_human_feedback_refuses_a_stdin_that_is_not_a_terminal_bef
     [line] = result.stderr.splitlines()
     assert line.startswith("textenv: error: reward source 'human': stdin is not a terminal")
     assert "on completion" not in line and not db.exists()
+
+
+def test_each_press_is_marked_in_the_stream_and_the_batch_is_summarized(tmp_path):
+    from textenv.plugins.human.credit import UniformDelay
+    from textenv.plugins.human.simulated import SimulatedHuman
+    from textenv.plugins.human.store import FeedbackStore
+    from textenv.plugins.human.stream import BAD_MARK, GOOD_MARK, StreamConfig, TokenFeedback
+
+    texts = [" a fine film" * 6, " a dull film" * 6]  # 72 tokens each, 0.72 s at 100 tokens/s
+    config = StreamConfig(pace=100, delay=UniformDelay(min_delay=0.01, max_delay=0.3), gap=0.1, linger=0.3)
+    with SimulatedHuman(judge=False) as person, FeedbackStore(tmp_path / "f.db") as store, \
+            KeyReader(tty_path=person.tty_path) as reader:
+        feedback = TokenFeedback(store, store.start_session("tokens"), config=config, reader=reader)
+        start = time.time()
+        # good, strength 7, good (↑), bad on the second completion
+        for key, at in [("g", 0.3), ("7", 0.4), ("\x1b[A", 0.5), ("b", 1.2)]:
+            person.type(key, at=start + at)
+        result = feedback.stream(["The film"] * 2, texts, [[ord(c) for c in t] for t in texts],
+                                 [list(t) for t in texts])
+        time.sleep(0.2)
+        screen = "".join(person.screen)
+    assert len(result.presses) == 3
+    first, second = screen.split("[2/2]")
+    # each press is confirmed where the stream was when it came, inside the completion it was about
+    assert first.count(GOOD_MARK) == 2 and second.count(BAD_MARK) == 1 + 1  # and once more in the summary
+    assert first.index("▸") < first.index(GOOD_MARK) < first.index("◂")
+    # the hint waits for the end of the completion: no line break inside it
+    assert first.index("◂") < first.index("(strength 7)") and "\n" not in first[first.index("▸"):first.index("◂")]
+    assert second.index("▸") < second.index(BAD_MARK) < second.index("◂")
+    credited = sum(int((m > 0).sum()) for m in result.masses)
+    assert f"3 presses (2 {GOOD_MARK} good, 1 {BAD_MARK} bad) credited to {credited} tokens of 2 completions" in screen

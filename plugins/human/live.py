@@ -30,7 +30,7 @@ import numpy as np
 from textenv.plugins.human.credit import UniformDelay
 from textenv.plugins.human.hhat import HumanRewardModel
 from textenv.plugins.human.store import FeedbackStore
-from textenv.plugins.human.stream import StreamConfig, TokenFeedback
+from textenv.plugins.human.stream import StreamConfig, StreamResult, TokenFeedback
 from textenv.plugins.human.terminal import KeyReader
 
 
@@ -91,6 +91,10 @@ class HumanFeedbackSource:
         self.reader.start()
         self._last_idle_step = 0.0
         self.batches = 0
+        self.hhat_agreed = 0
+        """Pressed tokens whose sign Ĥ predicted right before learning from them (the batch summaries' figure)."""
+        self.hhat_judged = 0
+        """Pressed tokens Ĥ was judged on."""
         atexit.register(self.close)
 
     def _load_hhat(self) -> HumanRewardModel:
@@ -123,11 +127,11 @@ class HumanFeedbackSource:
         if not was_quit:
             show = list(range(n if self.options.show <= 0 else min(n, self.options.show)))
             self.batches += 1
+            shown_ids = [completion_ids[i] for i in show]
             result = self.feedback.stream(
-                [prompts[i] for i in show], [completions[i] for i in show],
-                [completion_ids[i] for i in show], [tokens[i] for i in show],
+                [prompts[i] for i in show], [completions[i] for i in show], shown_ids, [tokens[i] for i in show],
                 title=f"── batch {self.batches}: {len(show)} of {n} completions at {self.options.pace:g} tokens/s ──",
-                idle=self._idle,
+                idle=self._idle, summary_note=lambda result: self._hhat_note(result, shown_ids),
             )
             for j, i in enumerate(show):
                 rewards[i], masses[i] = result.rewards[j], result.masses[j]
@@ -144,6 +148,23 @@ class HumanFeedbackSource:
         if self.quit and not was_quit:
             self._on_quit()
         return rewards
+
+    def _hhat_note(self, result: StreamResult, completion_ids: Sequence[Sequence[int]]) -> str:
+        """Ĥ's agreement so far, for the batch summary: judged on this batch's pressed tokens before it learns them.
+
+        A pressed token is one some press was credited to (mass > 0, reward != 0); Ĥ agrees when
+        the sign of its prediction is the sign of the credited reward.
+        """
+        if self.hhat.updates and result.shown:
+            predicted = self.hhat.predict([completion_ids[j] for j in result.shown])
+            for j, guess in zip(result.shown, predicted):
+                pressed = (result.masses[j] > 0) & (result.rewards[j] != 0)
+                self.hhat_agreed += int(np.sum(np.sign(guess[pressed]) == np.sign(result.rewards[j][pressed])))
+                self.hhat_judged += int(pressed.sum())
+        if not self.hhat_judged:
+            return " · Ĥ: learning from the first presses"
+        return (f" · Ĥ agreed on {self.hhat_agreed} of {self.hhat_judged} pressed tokens so far "
+                f"({100 * self.hhat_agreed / self.hhat_judged:.0f} %)")
 
     def _idle(self) -> None:
         """Ĥ's scheduled training: one step every ``hhat_interval`` seconds of display waiting."""

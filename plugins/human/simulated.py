@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from textenv.plugins.human.stream import COMPLETION_END, COMPLETION_START, DEFAULT_STRENGTH
+from textenv.plugins.human.stream import BAD_MARK, COMPLETION_END, COMPLETION_START, DEFAULT_STRENGTH, GOOD_MARK
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -198,6 +198,8 @@ class SimulatedHuman:
             return
         b = self.behaviour
         for ch in text:
+            if ch in (GOOD_MARK, BAD_MARK):  # the confirmation of a press, drawn into the stream: not the text
+                continue
             if ch == COMPLETION_START:
                 self._in_completion, self._word, self._completion = True, "", ""
                 continue

@@ -45,8 +45,10 @@ PAUSE_KEY, QUIT_KEY, HELP_KEYS = "space", "q", ("?", "h")
 DEFAULT_STRENGTH = 5
 HELP = "keys: ↑ + g good · ↓ - b bad · 1-9 strength (5 normal) · space pause · q quit · ? help"
 COMPLETION_START, COMPLETION_END = "▸", "◂"
+GOOD_MARK, BAD_MARK = "▲", "▼"
+"""Shown in the stream where a good or bad press was received: the person sees each press counted."""
 
-_DIM, _RESET = "\x1b[2m", "\x1b[0m"
+_DIM, _RESET, _GREEN, _RED = "\x1b[2m", "\x1b[0m", "\x1b[32m", "\x1b[31m"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,7 +177,9 @@ class TokenFeedback:
         self.quit = threading.Event()
         self.current_episode: int | None = None
         self._presses: list[Keypress] = []
-        self._messages: list[str] = []
+        self._messages: list[tuple[str, bool]] = []  # (message, whether it may split a completion)
+        self._mid_completion = False  # between ▸ and ◂: hints wait for the ◂, the sentence stays whole
+        self._marks: list[str] = []  # confirmations of presses not yet on screen
         self._lock = threading.Lock()
         # Held while a press is credited and committed, and while the main thread changes what it is
         # credited against (a completion leaves the screen, the batch ends): a press never commits a
@@ -202,6 +206,7 @@ class TokenFeedback:
                 self.store.add_keypress(self.session_id, press, display_times=display, token_rewards=credited)
                 with self._lock:
                     self._presses.append(press)
+                    self._marks.append(GOOD_MARK if press.value > 0 else BAD_MARK)
                     self.n_presses += 1
         elif key.name.isdigit() and key.name != "0":
             if int(key.name) != self.strength_level:
@@ -212,11 +217,11 @@ class TokenFeedback:
                 self.paused.clear()
             else:
                 self.paused.set()
-                self._say("paused: space to go on")
+                self._say("paused: space to go on", now=True)
         elif key.name == QUIT_KEY or key.name == "hangup":
             self.quit.set()
         elif key.name in HELP_KEYS:
-            self._say(HELP)
+            self._say(HELP, now=True)
         else:
             self._say(f"key {key.name!r} does nothing here; press ? for help")
 
@@ -254,9 +259,10 @@ class TokenFeedback:
         batch.credited.update(changed)
         return display, {batch.episode_ids[j]: (rewards[j], masses[j]) for j in changed}
 
-    def _say(self, message: str) -> None:
+    def _say(self, message: str, *, now: bool = False) -> None:
+        """Queue a message for the display; ``now``: at once, even mid-completion (pause, help)."""
         with self._lock:
-            self._messages.append(message)
+            self._messages.append((message, now))
 
     def take_presses(self) -> list[Keypress]:
         """The good/bad presses received since the last call."""
@@ -272,7 +278,11 @@ class TokenFeedback:
 
     def _flush_messages(self) -> None:
         with self._lock:
-            messages, self._messages = self._messages, []
+            marks, self._marks = self._marks, []
+            messages = [m for m, now in self._messages if now or not self._mid_completion]
+            self._messages = [(m, now) for m, now in self._messages if not (now or not self._mid_completion)]
+        if marks:  # inline, where the stream is: the person sees the press was taken, and about when
+            self.write("".join(f"{_GREEN if m == GOOD_MARK else _RED}{m}{_RESET}" for m in marks))
         for message in messages:
             self.write(f"\n  ({message})\n")
 
@@ -308,6 +318,7 @@ class TokenFeedback:
         *,
         title: str = "",
         idle: Callable[[], None] | None = None,
+        summary_note: Callable[[StreamResult], str] | None = None,
     ) -> StreamResult:
         """Show each completion token by token, then credit the keypresses to the tokens.
 
@@ -316,6 +327,8 @@ class TokenFeedback:
                 token decoded on its own, as the reward context gives them).
             title: shown above the first completion.
             idle: called while waiting between tokens (Ĥ trains there).
+            summary_note: called with the result before the batch's summary line is written;
+                what it returns ends that line (the live source adds Ĥ's agreement).
 
         Returns:
             The credited rewards per completion; the person may have quit part-way.
@@ -340,6 +353,7 @@ class TokenFeedback:
                     shown_at = batch.add(episode_ids[i], len(completion_ids[i]))
                 self.current_episode = episode_ids[i]
                 self.write(f"\n{_DIM}[{i + 1}/{n}] {prompts[i]}{_RESET} {COMPLETION_START}")
+                self._mid_completion = True
                 step = 1.0 / cfg.pace
                 next_time = time.time() + step
                 for piece in tokens[i]:
@@ -350,6 +364,7 @@ class TokenFeedback:
                     self.write(printable(piece))
                     next_time = max(next_time, time.time()) + step  # behind schedule: no burst to catch up
                 self.write(f"{COMPLETION_END}\n")
+                self._mid_completion = False
                 self.wait(time.time() + (cfg.linger if i == n - 1 else cfg.gap), idle)
                 with self._batch_lock:
                     batch.ends[i] = time.time()
@@ -369,7 +384,24 @@ class TokenFeedback:
                 self._batch = None
         rewards = [batch_rewards[i] if i in shown else np.zeros(len(ids)) for i, ids in enumerate(completion_ids)]
         masses = [batch_masses[i] if i in shown else np.zeros(len(ids)) for i, ids in enumerate(completion_ids)]
-        return StreamResult(shown, rewards, masses, presses, episode_ids, attentive)
+        result = StreamResult(shown, rewards, masses, presses, episode_ids, attentive)
+        self._flush_messages()  # the marks of presses in the last moments
+        note = summary_note(result) if summary_note is not None else ""
+        self.write(f"{_DIM}  {batch_summary(result)}{note}{_RESET}\n")
+        return result
+
+
+def batch_summary(result: StreamResult) -> str:
+    """One line on a streamed batch: the presses and how many tokens they were credited to.
+
+    Example:
+        ``3 presses (2 ▲ good, 1 ▼ bad) credited to 41 tokens of 2 completions``
+    """
+    good = sum(p.value > 0 for p in result.presses)
+    tokens = sum(int(np.count_nonzero(result.masses[i] > 0)) for i in result.shown)
+    return (f"{len(result.presses)} press{'' if len(result.presses) == 1 else 'es'} ({good} {GOOD_MARK} good, "
+            f"{len(result.presses) - good} {BAD_MARK} bad) credited to {tokens} tokens of {len(result.shown)} "
+            f"completion{'' if len(result.shown) == 1 else 's'}")
 
 
 def printable(piece: str) -> str:
