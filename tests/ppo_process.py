@@ -1,6 +1,6 @@
 """One process of a multi-process PPO run, started by ``accelerate launch`` from tests/test_processes.py.
 
-``python ppo_process.py OUT [--lora-rank R]`` builds the tiny byte-level task, runs one PPO
+``python ppo_process.py OUT [--lora-rank R] [--advantage A]`` builds the tiny byte-level task, runs one PPO
 iteration step by step (rollout, make_batch, update) and writes, per process ``k``:
 ``initial.safetensors`` (process 0: the policy as DDP started it), ``episodes{k}.safetensors`` and
 ``episodes{k}.json`` (this process's share of the batch), ``weights{k}.safetensors`` (the policy
@@ -36,6 +36,11 @@ OPTIONS = dict(batch_size=8, mini_batch_size=8, gradient_accumulation_steps=2, p
                reward_norm=True, precision="fp32", device="cpu", progress=False, keep_cpu_memory=False, seed=3)
 
 
+def advantage_options(advantage: str) -> dict:
+    """The options of an advantage estimator: a critic-free one samples groups of 2."""
+    return {"advantage": advantage, **({"group_size": 2} if advantage != "gae" else {})}
+
+
 def task() -> TextTask:
     """The tiny task both sides of the comparison use."""
     return TextTask.build(model=TINY_MODEL, prompts=PROMPTS, reward=REWARD, max_new_tokens=6)
@@ -55,8 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--lora-rank", type=int, default=0)
+    parser.add_argument("--advantage", default="gae", help="gae, or rloo/grpo (in groups of 2)")
     args = parser.parse_args()
-    agent = PPO(task(), lora_rank=args.lora_rank, **OPTIONS)
+    agent = PPO(task(), lora_rank=args.lora_rank, **OPTIONS, **advantage_options(args.advantage))
     k = agent.processes.index
     if k == 0:
         safetensors.torch.save_file(policy_tensors(agent), args.out / "initial.safetensors")

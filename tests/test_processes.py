@@ -71,10 +71,12 @@ def concatenated(parts: list[dict]) -> Episodes:
     )
 
 
-@pytest.fixture(scope="module")
-def two_process_iteration(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("two_processes")
-    launch(str(HERE / "ppo_process.py"), str(out))
+@pytest.fixture(scope="module", params=["gae", "rloo"])
+def two_process_iteration(request, tmp_path_factory) -> Path:
+    """One iteration in 2 processes: with the value head, and critic-free (groups of 2, spread over all)."""
+    out = tmp_path_factory.mktemp(f"two_processes_{request.param}")
+    launch(str(HERE / "ppo_process.py"), str(out), "--advantage", request.param)
+    (out / "advantage").write_text(request.param)
     return out
 
 
@@ -109,7 +111,8 @@ def test_two_processes_match_one_process_given_the_same_episodes(two_process_ite
     logged means) and the token-weighted gradient of each mini-batch are those of one process with
     the same 8 episodes, in fp32, to rounding."""
     out = two_process_iteration
-    agent = PPO(ppo_process.task(), **ppo_process.OPTIONS)
+    advantage = ppo_process.advantage_options((out / "advantage").read_text())
+    agent = PPO(ppo_process.task(), **ppo_process.OPTIONS, **advantage)
     agent.policy.load_state_dict(safetensors.torch.load_file(out / "initial.safetensors"), strict=False)
     batch, stats = agent.make_batch(concatenated([read_episodes(out, k) for k in (0, 1)]))
     stats.update(agent.update(batch))
