@@ -327,3 +327,21 @@ def test_comparing_asks_where_a_real_reward_model_ensemble_disagrees(tmp_path):
         _, std = rm.score_with_disagreement([row["prompt"]] * 2, [row["completion_a"], row["completion_b"]])
         assert row["disagreement"] == pytest.approx(float(np.hypot(*std)), rel=1e-3, abs=1e-5)
         assert row["disagreement"] > 0
+
+
+def test_no_progress_bar_of_transformers_prints_into_a_live_session(tmp_path, capfd):
+    model = load_causal_lm(TINY_MODEL)
+    with SimulatedHuman(judge=False) as person:
+        env = TextGenVectorEnv(1, model=TINY_MODEL, prompts=["hello"], max_new_tokens=4, autoreset_mode="Disabled",
+                               reward=f"human(db='{tmp_path / 'f.db'}', tty='{person.tty_path}', {FAST})")
+        generate_episodes(model, env, seed=0)  # the session starts at the first batch
+        capfd.readouterr()
+        model.save_pretrained(tmp_path / "checkpoint")  # as a training loop saves between batches
+        load_causal_lm(str(tmp_path / "checkpoint"))
+        out, err = capfd.readouterr()
+        assert "Writing model shards" not in err + out and "Loading weights" not in err + out
+        for source in list(_sources.values()):
+            source.close()
+    capfd.readouterr()
+    model.save_pretrained(tmp_path / "after")  # the session is over: the bars are back
+    assert "Writing model shards" in capfd.readouterr().err

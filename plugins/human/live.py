@@ -88,6 +88,12 @@ class HumanFeedbackSource:
         self.session_id = self.store.start_session(mode, **asdict(options))
         self.hhat = self._load_hhat()
         self.feedback = TokenFeedback(self.store, self.session_id, config=self.config, reader=self.reader)
+        # transformers' bars ("Writing model shards" at each checkpoint, "Loading weights") would print into
+        # the stream the person is reading; they are off while the session lasts
+        from transformers.utils import logging as hf_logging
+
+        self._hf_bars_were_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
         self.reader.start()
         self._last_idle_step = 0.0
         self.batches = 0
@@ -183,6 +189,10 @@ class HumanFeedbackSource:
     def close(self) -> None:
         """Restore the terminal, save Ĥ, mark the session ended (at exit, or when done)."""
         self.reader.close()
+        if self._hf_bars_were_on:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
         if self.hhat.updates:
             self.hhat.save(self.options.hhat_path)
         try:
