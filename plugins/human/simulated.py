@@ -27,6 +27,7 @@ import re
 import select
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -96,6 +97,49 @@ class HumanModel:
         return HumanModel(reaction_min=self.reaction_min / factor, reaction_max=self.reaction_max / factor,
                           word_threshold=self.word_threshold, completion_threshold=self.completion_threshold,
                           miss=self.miss, flip=self.flip)
+
+
+def is_word_char(ch: str) -> bool:
+    """Whether the simulated person reads ``ch`` as part of a word (letters and apostrophes); any other
+    character ends the word, which the person then judges."""
+    return ch.isalpha() or ch == "'"
+
+
+def token_judgements(tokens: Sequence[str], critic: Critic, behaviour: HumanModel = HumanModel()) -> np.ndarray:
+    """What the simulated person thinks of each token of a completion: the word judgements it reacts to.
+
+    The completion is read as :class:`SimulatedHuman` reads it (the same word characters); a
+    word's score counts only where the person would react to it (``|score| >= word_threshold``)
+    and goes to every token holding part of that word (a token holding parts of several judged
+    words takes the strongest). The judgement of the whole completion, which the person presses
+    for after its end, is no token's. This is the target a model of the person's per-token
+    reinforcement (Ĥ) is measured against: a benchmark can score held-out completions without
+    replaying presses.
+
+    Args:
+        tokens: the completion's tokens, each decoded on its own (as the display shows them).
+        critic: what the person thinks of words.
+        behaviour: the person's reaction threshold.
+
+    Returns:
+        (T,) one score per token; 0 where the person has no word to react to.
+    """
+    judged = np.zeros(len(tokens))
+    owner = [k for k, piece in enumerate(tokens) for _ in piece]  # the token of each character
+    text = "".join(tokens)
+    start = None
+    for i, ch in enumerate([*text, " "]):  # a trailing non-word character ends the last word, as the ◂ does
+        if is_word_char(ch):
+            start = i if start is None else start
+            continue
+        if start is not None:
+            score = critic.word(text[start:i])
+            if abs(score) >= behaviour.word_threshold:
+                for k in sorted(set(owner[start:i])):
+                    if abs(score) > abs(judged[k]):
+                        judged[k] = score
+            start = None
+    return judged
 
 
 class SimulatedHuman:
@@ -213,7 +257,7 @@ class SimulatedHuman:
                     self._react(score, self._completion)
                 continue
             self._completion += ch
-            if ch.isalpha() or ch == "'":
+            if is_word_char(ch):
                 self._word += ch
             else:
                 self._end_word()
