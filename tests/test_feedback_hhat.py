@@ -82,3 +82,94 @@ def test_loading_something_else_is_a_clear_error(tmp_path):
 def test_mismatched_rewards_are_refused():
     with pytest.raises(ValueError, match="3 tokens but 2 rewards"):
         HumanRewardModel(HHatConfig(buckets=8)).observe([[1, 2, 3]], [[0.0, 1.0]])
+
+
+# ---------------------------------------------------------------- benchmarks/hhat_agreement.py
+
+
+def _agreement_benchmark():
+    """benchmarks/hhat_agreement.py as a module (benchmarks/ is no package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hhat_agreement.py"
+    spec = importlib.util.spec_from_file_location("hhat_agreement", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while they are built
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_token_judgements_are_the_words_the_simulated_person_reacts_to():
+    import os
+    import time
+
+    from textenv.plugins.human.simulated import SimulatedHuman, VaderCritic, token_judgements
+
+    tokens = [" a", " gre", "at", " film", ", ", "hor", "rible", " ok", "ay", " goodbad", "."]
+    judged = token_judgements(tokens, VaderCritic())
+    # 'great' spans two tokens, both get its score; 'okay' (valence 0.9) is below the person's threshold;
+    # 'goodbad' is one word to the person, and not in the lexicon
+    np.testing.assert_allclose(judged, [0, 0.775, 0.775, 0, 0, -0.625, -0.625, 0, 0, 0, 0])
+    # the person at a terminal reacts to exactly those words
+    with SimulatedHuman(VaderCritic(), seed=0) as person:
+        terminal = os.open(person.tty_path, os.O_WRONLY | os.O_NOCTTY)  # the display's side of the pty
+        os.write(terminal, f"▸{''.join(tokens)}◂".encode())
+        os.close(terminal)
+        deadline = time.time() + 10
+        while len(person.judgements) < 3 and time.time() < deadline:
+            time.sleep(0.02)
+    words = [(what, score) for what, score in person.judgements if " " not in what]
+    assert words == [("great", 0.775), ("horrible", -0.625)]
+
+
+def test_agreement_counts_sign_on_pressed_tokens_only():
+    bench = _agreement_benchmark()
+    held_out = bench.HeldOut(
+        completions=[bench.Completion("p", "t", [1, 2, 3], ["a", "b", "c"]),
+                     bench.Completion("p", "t", [4, 5], ["d", "e"])],
+        judgements=[np.array([0.0, 0.5, 0.0]), np.array([-0.5, 0.0])],
+        rewards=[np.array([0.0, 0.4, -0.2]), np.array([-0.3, 0.0])],
+        masses=[np.array([0.0, 0.5, 0.1]), np.array([0.4, 0.3])],  # the last token: mass but no net reward
+        scores=np.array([0.6, -0.4]),
+        presses=2,
+    )
+    predicted = [np.array([9.0, 0.2, 0.1]), np.array([-0.1, -9.0])]
+    figures = bench.agreement(predicted, held_out)
+    # pressed: 0.4 (+, predicted +), -0.2 (-, predicted +), -0.3 (-, predicted -); the 9s are no press's
+    assert figures["sign"] == pytest.approx(2 / 3)
+    flat = np.concatenate(predicted)
+    assert figures["r_word"] == pytest.approx(np.corrcoef(flat, [0, 0.5, 0, -0.5, 0])[0, 1])
+    assert figures["r_credit"] == pytest.approx(np.corrcoef(flat, [0, 0.4, -0.2, -0.3, 0])[0, 1])
+    assert figures["r_completion"] == pytest.approx(np.corrcoef([9.3, -9.1], [0.6, -0.4])[0, 1])
+    # a constant prediction has no correlation; its sign accuracy is the share of its sign
+    const = bench.agreement([np.full(3, -0.1), np.full(2, -0.1)], held_out)
+    assert np.isnan(const["r_word"]) and const["sign"] == pytest.approx(2 / 3)
+
+
+def test_hhat_agreement_learns_from_presses_and_is_measured_on_held_out_completions_only():
+    bench = _agreement_benchmark()
+    study = bench.Study(model="tiny-random", critic="case", presses=(10, 30), seeds=(0,), pool=48, held_out=6,
+                        batch=4, max_new_tokens=24, time_scale=20.0)
+    train, held_out_completions = bench.sample_completions(study, cache=None)
+    assert not {c.prompt for c in train} & {c.prompt for c in held_out_completions}  # other prompts
+    critic = bench.make_critic(study.critic)
+    held_out = bench.watch_held_out(study, held_out_completions, critic, seed=10_000)
+    run = bench.run_seed(study, train, held_out, critic, seed=0)
+
+    assert held_out.presses > 0
+    assert [c.target for c in run.checkpoints] == [10, 30]
+    first, last = run.checkpoints
+    assert 10 <= first.presses < last.presses and last.presses >= 30
+    assert 0 < first.person_minutes < last.person_minutes and last.completions <= study.pool
+    # Ĥ learned from the training completions it was shown, and from nothing else
+    assert run.hhat.buffer_len == sum(len(train[i].ids) for i in run.trained_on) > 0
+    assert run.hhat.presses_seen == last.presses
+    for figures in (last.hhat, last.lookup):
+        assert -1 <= figures["r_word"] <= 1 and -1 <= figures["r_credit"] <= 1 and 0 <= figures["sign"] <= 1
+    assert last.judged_tokens > 0 and np.isnan(last.const["r_word"])
+    # the last checkpoint's figures are Ĥ's final predictions on the held-out completions
+    predicted = run.hhat.predict([c.ids for c in held_out.completions])
+    assert bench.agreement(predicted, held_out) == pytest.approx(last.hhat, nan_ok=True)
+    assert "person-min" in bench.table([run]) and f"{30:>7}" in bench.table([run], seed=0)
