@@ -146,6 +146,16 @@ class HeldOut:
     """(N,) each completion's judgement as a whole (VADER's compound)."""
     presses: int
 
+    @property
+    def credit_vs_judgement(self) -> float:
+        """Pearson's r between the person's own credited reward and their judgement, per held-out token.
+
+        The reference for Ĥ's ``r word``: Ĥ learns credit, which the delay window spreads over
+        the tokens shown up to 4 s before each press, so even the person's own credit tracks
+        their per-token judgement only this far.
+        """
+        return pearson(np.concatenate(self.rewards), np.concatenate(self.judgements))
+
 
 @dataclass
 class Checkpoint:
@@ -385,7 +395,8 @@ def run_study(study: Study, *, cache: Path | None = None, log=print) -> list[See
         run = run_seed(study, train, held_out, critic, seed)
         runs.append(run)
         last = run.checkpoints[-1] if run.checkpoints else None
-        log(f"seed {seed}: {held_out.presses} held-out presses; {len(run.trained_on)} training completions, "
+        log(f"seed {seed}: {held_out.presses} held-out presses (their credit vs the person's judgements: "
+            f"r {held_out.credit_vs_judgement:+.2f}); {len(run.trained_on)} training completions, "
             f"{last.presses if last else 0} presses, {last.person_minutes if last else 0:.1f} person-minutes; "
             f"{time.perf_counter() - start:.0f} s", flush=True)
     return runs
@@ -466,10 +477,16 @@ def main() -> None:
     runs = run_study(study, cache=Path(args.cache) if args.cache else None)
     print(f"\nseed {study.seeds[0]} alone:\n{table(runs, study.seeds[0])}")
     print(f"\nmean ± std over seeds {', '.join(map(str, study.seeds))}:\n{table(runs)}")
+    print("reference for r word: the person's own held-out credit against their judgements, r "
+          f"{_fmt([r.held_out.credit_vs_judgement for r in runs], spread=True)}")
     print(f"\n{time.perf_counter() - start:.0f} s wall in all")
     if args.json:
-        Path(args.json).write_text(json.dumps({"study": asdict(study), "checkpoints": [
-            asdict(c) for r in runs for c in r.checkpoints]}, indent=1))
+        Path(args.json).write_text(json.dumps({
+            "study": asdict(study),
+            "held_out": [{"seed": r.seed, "presses": r.held_out.presses,
+                          "credit_vs_judgement": r.held_out.credit_vs_judgement} for r in runs],
+            "checkpoints": [asdict(c) for r in runs for c in r.checkpoints],
+        }, indent=1))
 
 
 if __name__ == "__main__":
