@@ -21,10 +21,12 @@ What is real and what is simulated:
   10 % of its judgements and pressing the wrong key for 5 %. Time runs ``--time-scale`` times
   faster than a person's: the stream, the reactions, the credit window, gaps all scaled.
 * **Emulated**: Ĥ's idle training. The live source also trains Ĥ one step every 0.25 s while
-  the display waits between tokens, about one step per token at 4 tokens/s; at 10x the
-  waits are too short for it (the display's 30 ms floor), so here each batch's share is run
-  before that batch's feedback is learned (``display seconds / 0.25`` steps on what Ĥ had),
-  as a person-paced session would have run them.
+  its display waits, about one step per token at 4 tokens/s; at 10x the waits between tokens
+  (25 ms) are under the display's 30 ms floor for it, so a 10x live session runs about one
+  idle step per completion instead of 32. Here each batch's share is run before that batch's
+  feedback is learned (``display seconds / 0.25`` steps on what Ĥ had), as a person-paced
+  session would have run them; ``--no-idle-training`` leaves them out (only the 20 steps after
+  each batch: about what the 10x sessions of ``feedback_efficiency.py`` train).
 
 Person-time counts the training stream only, at the stated reading pace: each completion's
 tokens at ``--pace`` tokens/s (4: about 3 words/s) plus the 0.5 s gap after it, plus the 1 s
@@ -38,7 +40,10 @@ Metrics, at each checkpoint (the first batch end at or past each press count):
 
 * ``r word``: Pearson correlation, over every held-out token, between Ĥ's prediction and the
   person's judgement of the token (:func:`~textenv.plugins.human.simulated.token_judgements`:
-  the VADER score of the word it is part of, where the person reacts to it; 0 elsewhere);
+  the VADER score of the word it is part of, where the person reacts to it; 0 elsewhere). For
+  scale, printed below the tables: how far the person's own held-out credit correlates with
+  their judgements (the delay window spreads each press over the 4 s before it, a 0.3-1.5 s
+  reaction's cause among them);
 * ``r credit``: the same against the held-out credited reward (the noisy target Ĥ regresses);
 * ``sign``: sign accuracy on the held-out tokens some press was credited to (mass > 0,
   reward != 0): the sign of Ĥ's prediction against the credited reward's (as the live batch
@@ -49,10 +54,14 @@ Metrics, at each checkpoint (the first batch end at or past each press count):
 Baselines, from the same training presses: ``const`` predicts the training tokens' mean
 credited reward everywhere (its correlations are undefined; its sign accuracy is the share of
 pressed tokens with that mean's sign), ``lookup`` predicts each token id's mean credited
-reward in training (the mean for ids never seen), Ĥ without its context. Run::
+reward in training (the mean for ids never seen), Ĥ without its context.
+
+The figures are not bit-reproducible: when a press arrives, and so its credit, depends on the
+threads' scheduling on a busy machine (timings in milliseconds at 10x); the spread over seeds
+covers that too. Run (``OMP_NUM_THREADS=1 taskset -c 1`` on a shared machine)::
 
     .venv/bin/python benchmarks/hhat_agreement.py                # 3 seeds, up to 400 presses
-    .venv/bin/python benchmarks/hhat_agreement.py --quick        # ~1 minute, tiny-random
+    .venv/bin/python benchmarks/hhat_agreement.py --quick        # under a minute, tiny-random
 """
 
 from __future__ import annotations
@@ -111,7 +120,7 @@ class Study:
     """Seeds the sampling of the completions."""
     idle_training: bool = True
     """Run the idle steps a person-paced live session gives Ĥ while each batch is on screen (False: only
-    the steps after each batch, which is all a live session at 10x speed runs)."""
+    the steps after each batch, about what a live session at 10x speed runs)."""
 
     @property
     def person_seconds_per_batch(self) -> float:
@@ -446,7 +455,7 @@ def table(runs: list[SeedRun], seed: int | None = None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="tiny-random, the case critic, 2 seeds, up to 100 presses, time x40: about a minute")
+                        help="tiny-random, the case critic, 2 seeds, up to 100 presses, time x40: under a minute")
     parser.add_argument("--model", help="smollm2-135m (tiny-random with --quick)")
     parser.add_argument("--critic", choices=["vader", "case"], help="vader (case with --quick)")
     parser.add_argument("--presses", type=int, nargs="+", help="checkpoints (25 50 100 200 400)")
@@ -457,7 +466,8 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, help="how much faster than a person's time (10; 40 with --quick)")
     parser.add_argument("--pace", type=float, help="tokens per second a person reads at (4)")
     parser.add_argument("--no-idle-training", action="store_true",
-                        help="train Ĥ only after each batch, not also as a person-paced session does while it waits")
+                        help="train Ĥ only after each batch, not also as a person-paced session does while it "
+                             "waits (about what a 10x live session runs)")
     parser.add_argument("--cache", default="runs/hhat_agreement", help="where the sampled completions are kept")
     parser.add_argument("--json", help="also write every checkpoint to this file")
     args = parser.parse_args()
