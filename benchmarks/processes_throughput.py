@@ -58,6 +58,8 @@ def run(processes: int, args: argparse.Namespace, out: Path) -> dict:
         "per_iteration": [round(h["perf/tokens_per_s"], 1) for h in history],
         "s_per_iteration": statistics.median(h["perf/time_rollout"] + h["perf/time_prepare"] + h["perf/time_update"]
                                              for h in later),
+        **{phase: statistics.median(h[f"perf/time_{phase}"] for h in later)
+           for phase in ("rollout", "prepare", "update")},
         "wall_s": time.perf_counter() - start,
     }
 
@@ -80,7 +82,8 @@ def main() -> None:
             results[n] = run(n, args, Path(tmp) / f"p{n}")
             r = results[n]
             print(f"{n} process(es): {r['tokens_per_s']:.1f} tokens/s (median of iterations 2-{args.iterations}; "
-                  f"each: {r['per_iteration']}), {r['s_per_iteration']:.1f} s/iteration, "
+                  f"each: {r['per_iteration']}), {r['s_per_iteration']:.1f} s/iteration (rollout {r['rollout']:.1f}, "
+                  f"log-probs {r['prepare']:.1f}, update {r['update']:.1f}), "
                   f"{r['wall_s']:.0f} s in all", flush=True)
     print(f"2 processes / 1 process: {results[2]['tokens_per_s'] / results[1]['tokens_per_s']:.2f}x tokens/s")
 
