@@ -315,18 +315,22 @@ class PPO:
         target = self.num_episodes + total_episodes if reset_num_episodes else total_episodes
         iterations = max(0, math.ceil((target - self.num_episodes) / self.config.batch_size))
         self._schedule_end = target
-        bar = tqdm(total=iterations, desc="PPO", unit="it",
-                   disable=not (self.config.progress and self.processes.is_main))
+        show = self.config.progress and self.processes.is_main
+        # With a person at the terminal (the human source) a bar would print into their screen: a line per
+        # iteration, between batches, instead.
+        lines = show and self.task.rewards.interactive
+        bar = tqdm(total=iterations, desc="PPO", unit="it", disable=not show or lines)
         self._bar = None if bar.disable else bar
         try:
             # the bar closes before any error is printed
             with bar, _graceful_interrupt(say=self.processes.is_main) as interrupt:
-                for _ in range(iterations):
+                for done in range(1, iterations + 1):
                     stats = self.train_iteration()
                     bar.update(1)
-                    bar.set_postfix_str(
-                        f"reward={stats['charts/episodic_return']:+.3f}, kl={stats['objective/kl']:.2f}"
-                    )
+                    summary = f"reward={stats['charts/episodic_return']:+.3f}, kl={stats['objective/kl']:.2f}"
+                    bar.set_postfix_str(summary)
+                    if lines:
+                        print(f"PPO iteration {done}/{iterations}: {summary}", flush=True)
                     every = self.config.checkpoint_every
                     if self.run_dir and every and self.num_iterations % every == 0:
                         self._show_phase("saving a checkpoint")

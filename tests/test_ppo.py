@@ -528,3 +528,25 @@ def test_the_history_stays_bounded_on_long_runs_and_still_spans_the_run(monkeypa
     assert len(episodes) <= 4
     assert episodes[0] == agent.config.batch_size and episodes[-1] == agent.num_episodes  # first and last kept
     assert episodes == sorted(episodes)
+
+
+def test_with_a_person_at_the_terminal_training_prints_a_line_per_iteration_and_no_bar(fresh_default_pm, capsys):
+    """A bar (tqdm, on stderr) would print into the screen where the human source streams completions."""
+    import textenv
+    from textenv.rewards import RewardSource
+
+    class AtTheTerminal(RewardSource):
+        interactive = True
+
+    class Plugin:
+        @textenv.hookimpl
+        def textenv_reward_sources(self):
+            return [AtTheTerminal("person", lambda completions: [0.0] * len(completions), origin="test")]
+
+    fresh_default_pm.register(Plugin())
+    agent = small_agent(make_env(reward="person + length(target=4)"), progress=True)
+    assert agent.task.rewards.interactive
+    agent.learn(total_episodes=2 * agent.config.batch_size)
+    out, err = capsys.readouterr()
+    assert "PPO" not in err and "it/s" not in err
+    assert re.findall(r"PPO iteration (\d)/2: reward=", out) == ["1", "2"]

@@ -45,7 +45,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from stable_baselines3.common.running_mean_std import RunningMeanStd
@@ -97,6 +97,10 @@ class RewardSource:
     fn: Callable[..., Any]
     description: str = ""
     origin: str = ""
+
+    interactive: ClassVar[bool] = False
+    """A source that talks to a person at the terminal (``human``): a trainer then draws no progress bar
+    of its own into the person's screen."""
 
     def __post_init__(self) -> None:
         if not self.description:
@@ -579,6 +583,11 @@ class RewardPipeline:
     def names(self) -> list[str]:
         """The term keys, in spec order."""
         return [t.key for t in self.terms]
+
+    @property
+    def interactive(self) -> bool:
+        """Whether a term's source talks to a person at the terminal (:attr:`RewardSource.interactive`)."""
+        return any(t.source.interactive for t in self.terms)
 
     def __call__(
         self,

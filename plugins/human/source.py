@@ -25,6 +25,8 @@ class HumanSource(RewardSource):
     loaded and the first rollout is sampled: too late to learn that stdin is a pipe.
     """
 
+    interactive = True  # the completions stream to the person's terminal: no trainer's bar may print there
+
     def bind(self, options: Mapping[str, Any]) -> Callable[[dict[str, Any]], Any]:
         """Bind the options (see :meth:`RewardSource.bind`), then check the terminal they name.
 
