@@ -49,7 +49,7 @@ from textenv.agents.ppo_math import (
     policy_loss,
     value_loss,
 )
-from textenv.agents.processes import Processes, launched_precision
+from textenv.agents.processes import Processes
 from textenv.agents.run_log import RunLog, plot_reward_curve
 from textenv.devices import (
     autocast,
@@ -154,7 +154,7 @@ class PPO:
         self.task = _task_of(env)
         self.processes = Processes.for_run(cfg.device)
         self.device = self.processes.device or resolve_device(cfg.device)
-        self.bf16 = use_bf16(self.device, _precision(cfg.precision))
+        self.bf16 = use_bf16(self.device, self.processes.precision(cfg.precision))
         self._share_batch()
         if self.device.type == "cpu" and cfg.keep_cpu_memory:
             keep_freed_cpu_memory()
@@ -1085,14 +1085,6 @@ def _weighted_mean(stats: Sequence[dict[str, float]], weights: Sequence[float]) 
         else:
             out[key] = sum(v * w for v, w in pairs) / max(sum(w for _, w in pairs), 1e-12)
     return out
-
-
-def _precision(precision: str) -> str:
-    """The config's ``precision``; under ``accelerate launch``, "auto" follows its ``--mixed_precision``."""
-    launched = launched_precision()  # "no" or "bf16" (Processes.for_run refused the others)
-    if precision != "auto" or launched is None:
-        return precision
-    return "bf16" if launched == "bf16" else "fp32"
 
 
 def _stream_seed(seed: int, process: int) -> int:

@@ -91,12 +91,31 @@ class Processes:
         if problem:
             raise ValueError(problem)
         from accelerate import Accelerator
+        from accelerate.state import is_initialized
 
-        cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-        # mixed_precision="no": the agent runs its own bf16 autocast (textenv.devices), the same in every
-        # forward; accelerate's would also wrap the update's forward and cast its outputs to fp32, so the
-        # update's log-probs would round differently from the rollout policy's (a ratio off 1 before any step).
-        return cls(Accelerator(cpu=cpu, mixed_precision="no"))
+        if is_initialized():  # the script made its own Accelerator first: share its state, as accelerate's objects do
+            accelerator = Accelerator()
+            if accelerator.mixed_precision not in ("no", "bf16"):
+                raise ValueError(f"the script's Accelerator has mixed_precision={accelerator.mixed_precision!r}, "
+                                 "which PPO does not support: create it with 'bf16' or 'no'")
+        else:
+            cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+            accelerator = Accelerator(cpu=cpu, mixed_precision=launched_precision() or "no")
+        # The agent runs its own bf16 autocast (textenv.devices), the same in every forward; accelerate's would
+        # also wrap the update's forward and cast its outputs to fp32, so the update's log-probs would round
+        # differently from the rollout policy's (a ratio off 1 before any step). Off for this object only.
+        accelerator.native_amp = False
+        return cls(accelerator)
+
+    def precision(self, precision: str) -> str:
+        """The config's ``precision``; in a launched run "auto" follows accelerate's mixed precision.
+
+        That is ``accelerate launch --mixed_precision`` (or its config file's), or the one the script's
+        own ``Accelerator`` was made with: ``"bf16"`` gives bf16, ``"no"`` fp32.
+        """
+        if precision != "auto" or self.accelerator is None:
+            return precision
+        return "bf16" if self.accelerator.mixed_precision == "bf16" else "fp32"
 
     @property
     def is_main(self) -> bool:

@@ -174,6 +174,32 @@ def test_lora_under_accelerate_launch_trains_the_same_adapter_in_both_processes(
     assert changed and all("lora_" in name or not name.startswith("lm.") for name in changed)  # adapters, head
 
 
+OWN_ACCELERATOR = """
+import sys
+from accelerate import Accelerator
+accelerator = Accelerator(cpu=True, mixed_precision=sys.argv[1])  # the script's own, made before the agent
+import ppo_process
+from textenv.agents import PPO
+try:
+    agent = PPO(ppo_process.task(), **{**ppo_process.OPTIONS, "precision": "auto"})
+except ValueError as exc:
+    raise SystemExit(print("refused:", exc))
+agent.learn(8)
+print(f"process {agent.processes.index}: bf16={agent.bf16}, {agent.num_episodes} episodes")
+"""
+
+
+@pytest.mark.parametrize("precision, says", [
+    ("bf16", ["process 0: bf16=True, 8 episodes", "process 1: bf16=True, 8 episodes"]),
+    ("fp16", ["refused: the script's Accelerator has mixed_precision='fp16', which PPO does not support"]),
+])
+def test_the_scripts_own_accelerator_is_shared_and_its_precision_followed(tmp_path, precision, says):
+    script = tmp_path / "own_accelerator.py"
+    script.write_text(OWN_ACCELERATOR)
+    out = launch(str(script), precision).stdout  # the launch itself says --mixed_precision no
+    assert all(line in out for line in says), out[-2000:]
+
+
 @pytest.mark.parametrize("variables, message", [
     ({"ACCELERATE_USE_FSDP": "true"}, "accelerate launches FSDP here (ACCELERATE_USE_FSDP), which textenv does not"),
     ({"ACCELERATE_USE_DEEPSPEED": "true"}, "accelerate launches DeepSpeed here"),
