@@ -169,3 +169,13 @@ def test_each_press_is_marked_in_the_stream_and_the_batch_is_summarized(tmp_path
     assert second.index("▸") < second.index(BAD_MARK) < second.index("◂")
     credited = sum(int((m > 0).sum()) for m in result.masses)
     assert f"3 presses (2 {GOOD_MARK} good, 1 {BAD_MARK} bad) credited to {credited} tokens of 2 completions" in screen
+
+
+def test_human_feedback_under_a_launch_of_several_processes_is_refused_in_one_line(monkeypatch, capsys, pty_pair):
+    _, slave = pty_pair  # a real terminal: the refusal is about the processes, not the terminal
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as accelerate launch --num_processes 2 sets it in each process
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    tty = os.ttyname(slave)
+    assert cli.main(["train", "--model", TINY_MODEL, "--reward", f"human(tty='{tty}')"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "reward source 'human' talks to one person at one terminal" in line and "started 2 (WORLD_SIZE)" in line

@@ -568,6 +568,11 @@ class RewardPipeline:
                 source = function_source(term_spec.fn, term_spec.name)
             else:
                 source = pm.get_reward_source(term_spec.name)
+            processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch and torchrun
+            if source.interactive and processes > 1:
+                raise RewardError(f"reward source {term_spec.name!r} talks to one person at one terminal, so it "
+                                  f"runs in one process, and this launch started {processes} (WORLD_SIZE): "
+                                  "train it without a launcher")
             key = term_spec.name
             while any(t.key == key for t in terms):
                 key += "'"
