@@ -1,4 +1,5 @@
-"""Checkpoint directories: atomic writes with a manifest, verification on load, the latest complete one.
+"""Checkpoint directories: atomic writes with a manifest, verification on load, the latest complete one;
+and their parts: safetensors files read with their framing checked, the optimizer state without pickle.
 
 A checkpoint is written as SQLite commits a transaction and accelerate saves its state: everything goes into
 ``NAME.tmp``, each file is fsynced, ``manifest.json`` (every file's size and sha256) is written last, the
@@ -22,6 +23,7 @@ Paths are relative to the checkpoint, with ``/``; the manifest does not list its
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +33,10 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import safetensors.torch
+import torch
+from safetensors import safe_open
 
 MANIFEST = "manifest.json"
 FORMAT = "textenv-checkpoint/1"
@@ -305,3 +311,69 @@ def latest(run_dir: str | Path) -> tuple[Path, list[str]]:
             continue
         return path, skipped
     raise CheckpointError(f"no complete checkpoint in {run_dir}; the newest: {skipped[0]}")
+
+
+# ------------------------------------------------------------------ the parts: tensors and optimizer state
+
+
+def load_part(file: Path, read: Callable[[Path], Any]) -> Any:
+    """``read(file)``, or a CheckpointError naming the file and what is wrong (never a deep traceback)."""
+    if not file.exists():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        return read(file)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the library raises, the user needs the file's name
+        what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(f"{file}: cannot be loaded ({type(exc).__name__}{': ' + what if what else ''})") from exc
+
+
+def check_safetensors(directory: Path) -> Path:
+    """A transformers directory whose safetensors files are whole (a truncated one is named)."""
+    for file in sorted(directory.rglob("*.safetensors")):
+        problem = safetensors_problem(file)
+        if problem:
+            raise CheckpointError(f"{file}: {problem}")
+    return directory
+
+
+def read_safetensors(file: Path, device: torch.device | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A safetensors file's tensors and metadata, after a check of its framing that names a truncated file."""
+    problem = safetensors_problem(file)
+    if problem:
+        raise CheckpointError(f"{file}: {problem}")
+    with safe_open(file, framework="pt", device=str(device)) as f:
+        return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
+
+
+def optimizer_bytes(state: dict[str, Any]) -> bytes:
+    """An optimizer's ``state_dict()`` as safetensors: ``state.<param>.<name>`` tensors, the parameter
+    groups and any non-tensor state as JSON metadata (no pickle: loading runs no code)."""
+    tensors, scalars = {}, {}
+    for param, values in state["state"].items():
+        for name, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"state.{param}.{name}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{param}.{name}"] = value
+    as_json = functools.partial(json.dumps, default=lambda v: v.item() if torch.is_tensor(v) else repr(v))
+    return safetensors.torch.save(tensors, metadata={"param_groups": as_json(state["param_groups"]),
+                                                     "scalars": as_json(scalars)})
+
+
+def optimizer_state(file: Path, device: torch.device) -> dict[str, Any]:
+    """What :func:`optimizer_bytes` wrote, as an optimizer's ``state_dict()``."""
+    tensors, metadata = read_safetensors(file, device)
+    groups = json.loads(metadata["param_groups"])
+    for group in groups:
+        if "betas" in group:
+            group["betas"] = tuple(group["betas"])
+    state: dict[int, dict[str, Any]] = {}
+    for key, tensor in tensors.items():
+        _, param, name = key.split(".", 2)
+        state.setdefault(int(param), {})[name] = tensor
+    for key, value in json.loads(metadata.get("scalars", "{}")).items():
+        param, name = key.split(".", 1)
+        state.setdefault(int(param), {})[name] = value
+    return {"state": state, "param_groups": groups}

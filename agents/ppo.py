@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import json
 import math
 import shutil
 import signal
@@ -26,7 +24,6 @@ import numpy as np
 import safetensors.torch
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
@@ -831,7 +828,7 @@ class PPO:
             with _quiet_transformers_bars():
                 self.reference.save_pretrained(tmp / "reference")
         if optimizer:
-            checkpoint.write_file(tmp / OPTIMIZER_FILE, _optimizer_bytes(self.optimizer.state_dict()))
+            checkpoint.write_file(tmp / OPTIMIZER_FILE, checkpoint.optimizer_bytes(self.optimizer.state_dict()))
         rng = {  # process 0's under the names a one-process run uses, process k's as "process{k}.NAME"
             (f"process{k}.{name}" if k else name): tensor.contiguous()
             for k, (state, _) in enumerate(streams) for name, tensor in state.items()
@@ -970,22 +967,23 @@ class PPO:
                     raise CheckpointError(f"{path}: its LoRA base {base!r} ({run_definition.LORA_BASE} in "
                                           f"{STATE_FILE}) cannot be loaded ({type(exc).__name__}: "
                                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
-                model = _load_part(path / "model", lambda p: lora.load(base_model, _check_safetensors(p)))
+                model = checkpoint.load_part(path / "model",
+                                             lambda p: lora.load(base_model, checkpoint.check_safetensors(p)))
             else:
-                model = _load_part(path / "model", lambda p: load_causal_lm(str(_check_safetensors(p)),
-                                                                            device=device, dtype=torch.float32))
+                model = checkpoint.load_part(path / "model", lambda p: load_causal_lm(
+                    str(checkpoint.check_safetensors(p)), device=device, dtype=torch.float32))
             if not agent.config.uses_reference or lora.is_peft_model(model):  # (a LoRA's: _setup's)
                 reference = None
             elif saved_reference:
-                reference = frozen_copy(_load_part(
-                    path / "reference", lambda p: load_causal_lm(str(_check_safetensors(p)), device=device,
+                reference = frozen_copy(checkpoint.load_part(
+                    path / "reference", lambda p: load_causal_lm(str(checkpoint.check_safetensors(p)), device=device,
                                                                  dtype=torch.float32)))
             else:
                 reference = frozen_copy(load_causal_lm(run.get("model_path") or run["model"], device=device,
                                                        dtype=torch.float32))
         agent._setup(task, model, reference, reference_is_env_model=not saved_reference)
         if agent.config.uses_value_head:  # a missing head is an error: a fresh one would silently restart the critic
-            heads = _load_part(path / VALUE_FILE, lambda p: _read_safetensors(p, device)[0])
+            heads = checkpoint.load_part(path / VALUE_FILE, lambda p: checkpoint.read_safetensors(p, device)[0])
             missing = sorted(set(agent._head_tensors()) - set(heads))
             unexpected = agent.policy.load_state_dict(heads, strict=False).unexpected_keys
             if missing or unexpected:
@@ -994,7 +992,8 @@ class PPO:
                     f"unexpected {unexpected})"
                 )
         if state.get("optimizer", True):
-            optimizer_state = _load_part(path / OPTIMIZER_FILE, lambda p: _optimizer_state(p, device))
+            optimizer_state = checkpoint.load_part(path / OPTIMIZER_FILE,
+                                                   lambda p: checkpoint.optimizer_state(p, device))
             groups, expected = len(optimizer_state["param_groups"]), len(agent.optimizer.param_groups)
             if groups != expected:
                 raise checkpoint.CheckpointError(
@@ -1002,14 +1001,14 @@ class PPO:
                     "(the policy's, and the critic's with a value head): the checkpoint was written for another "
                     "advantage; load its weights as a model instead (model/ inside it)"
                 )
-            _load_part(path / OPTIMIZER_FILE, lambda p: agent.optimizer.load_state_dict(optimizer_state))
+            checkpoint.load_part(path / OPTIMIZER_FILE, lambda p: agent.optimizer.load_state_dict(optimizer_state))
         else:  # a weights-only checkpoint (save_optimizer=False)
             warnings.warn(f"{path} holds no {OPTIMIZER_FILE} (a weights-only checkpoint): Adam's moments start "
                           "afresh", stacklevel=2)
         for group, lr in zip(agent.optimizer.param_groups, agent.initial_learning_rates):  # the config's, overrides
             group["lr"], group["eps"] = lr, agent.config.adam_eps  # included (annealing rescales from these)
-        rng = _load_part(path / RNG_FILE, lambda p: _read_safetensors(p, "cpu")[0])
-        _load_part(path / STATE_FILE, lambda p: agent._restore_state(rng, state))
+        rng = checkpoint.load_part(path / RNG_FILE, lambda p: checkpoint.read_safetensors(p, "cpu")[0])
+        checkpoint.load_part(path / STATE_FILE, lambda p: agent._restore_state(rng, state))
         if agent.run_dir and path.parent == agent.run_dir / "checkpoints":
             agent._saved = (path.resolve(), agent.num_iterations, state.get("optimizer", True))
         return agent
@@ -1116,69 +1115,6 @@ def _task_of(env: Any) -> TextTask:
     if not isinstance(task, TextTask):
         raise TypeError(f"PPO needs a textenv env (textenv/TextGen-v0 or its vector env), got {env!r}")
     return task
-
-
-def _load_part(file: Path, read: Callable[[Path], Any]) -> Any:
-    """``read(file)``, or a CheckpointError naming the file and what is wrong (never a deep traceback)."""
-    if not file.exists():
-        raise CheckpointError(f"{file}: missing")
-    try:
-        return read(file)
-    except CheckpointError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - whatever the library raises, the user needs the file's name
-        what = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(f"{file}: cannot be loaded ({type(exc).__name__}{': ' + what if what else ''})") from exc
-
-
-def _check_safetensors(directory: Path) -> Path:
-    """A transformers directory whose safetensors files are whole (a truncated one is named)."""
-    for file in sorted(directory.rglob("*.safetensors")):
-        problem = checkpoint.safetensors_problem(file)
-        if problem:
-            raise CheckpointError(f"{file}: {problem}")
-    return directory
-
-
-def _read_safetensors(file: Path, device: torch.device | str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """A safetensors file's tensors and metadata, after a check of its framing that names a truncated file."""
-    problem = checkpoint.safetensors_problem(file)
-    if problem:
-        raise CheckpointError(f"{file}: {problem}")
-    with safe_open(file, framework="pt", device=str(device)) as f:
-        return {key: f.get_tensor(key) for key in f.keys()}, f.metadata() or {}
-
-
-def _optimizer_bytes(state: dict[str, Any]) -> bytes:
-    """An optimizer's ``state_dict()`` as safetensors: ``state.<param>.<name>`` tensors, the parameter
-    groups and any non-tensor state as JSON metadata (no pickle: loading runs no code)."""
-    tensors, scalars = {}, {}
-    for param, values in state["state"].items():
-        for name, value in values.items():
-            if torch.is_tensor(value):
-                tensors[f"state.{param}.{name}"] = value.detach().cpu().contiguous()
-            else:
-                scalars[f"{param}.{name}"] = value
-    as_json = functools.partial(json.dumps, default=lambda v: v.item() if torch.is_tensor(v) else repr(v))
-    return safetensors.torch.save(tensors, metadata={"param_groups": as_json(state["param_groups"]),
-                                                     "scalars": as_json(scalars)})
-
-
-def _optimizer_state(file: Path, device: torch.device) -> dict[str, Any]:
-    """What :func:`_optimizer_bytes` wrote, as an optimizer's ``state_dict()``."""
-    tensors, metadata = _read_safetensors(file, device)
-    groups = json.loads(metadata["param_groups"])
-    for group in groups:
-        if "betas" in group:
-            group["betas"] = tuple(group["betas"])
-    state: dict[int, dict[str, Any]] = {}
-    for key, tensor in tensors.items():
-        _, param, name = key.split(".", 2)
-        state.setdefault(int(param), {})[name] = tensor
-    for key, value in json.loads(metadata.get("scalars", "{}")).items():
-        param, name = key.split(".", 1)
-        state.setdefault(int(param), {})[name] = value
-    return {"state": state, "param_groups": groups}
 
 
 class _Interrupt:
