@@ -1,0 +1,82 @@
+"""benchmarks/feedback_study.py: its quick path runs every arm on a tiny model, cells accumulate, the report
+marks what is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module")
+def study_module():
+    """benchmarks/feedback_study.py as a module (benchmarks/ is no package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "feedback_study.py"
+    spec = importlib.util.spec_from_file_location("feedback_study", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while they are built
+    spec.loader.exec_module(module)
+    return module
+
+
+TINY = ["--quick", "--model", "tiny-random", "--critic", "case", "--budgets", "0.25", "--time-scale", "40"]
+
+
+def test_quick_study_writes_every_cell_then_skips_them_and_reports_the_missing_seed(study_module, tmp_path, capsys):
+    assert study_module.main([*TINY, "--out", str(tmp_path)]) == 0
+    cells = tmp_path / "quick" / "cells"
+    names = sorted(p.stem for p in cells.glob("*.json"))
+    assert names == sorted(["floor-seed0", "reference-seed0", "tamer-0.25min-seed0", "ratings-0.25min-seed0",
+                            "ab_active-0.25min-seed0", "ab_random-0.25min-seed0"])
+    results = {name: json.loads((cells / f"{name}.json").read_text()) for name in names}
+    for name, r in results.items():
+        assert -1 <= r["eval_mean"] <= 1 and np.isfinite(r["kl"]), name
+    assert results["floor-seed0"]["kl"] == pytest.approx(0.0, abs=1e-6)  # the untrained policy is the reference
+    for name in ("tamer-0.25min-seed0", "ratings-0.25min-seed0", "ab_active-0.25min-seed0"):
+        # the person labelled, and stopped at the budget (give or take the question or completion in progress)
+        assert results[name]["labels"] > 0 and 0 < results[name]["person_minutes"] < 0.25 + 0.2, name
+    for name in ("ab_active-0.25min-seed0", "ab_random-0.25min-seed0"):
+        curve = results[name]["rm_accuracy"]  # one held-out accuracy per round, on more pairs each time
+        assert curve and all(0 <= acc <= 1 for _, acc in curve)
+        assert [n for n, _ in curve] == sorted(n for n, _ in curve)
+    assert results["tamer-0.25min-seed0"]["hhat"]  # the Ĥ commit the TAMER cell used
+    out = capsys.readouterr().out
+    assert "| floor | 0 | 1/1 |" in out and (tmp_path / "quick" / "feedback_study.png").stat().st_size > 0
+
+    # a rerun finds every cell done and writes none again
+    stamps = {p: p.stat().st_mtime_ns for p in cells.glob("*.json")}
+    assert study_module.main([*TINY, "--out", str(tmp_path)]) == 0
+    assert "floor-seed0: done already" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in cells.glob("*.json")} == stamps
+
+    # the report over two seeds marks seed 1 missing in every row, from the cells present only
+    assert study_module.main([*TINY, "--out", str(tmp_path), "--seeds", "0,1", "--report"]) == 0
+    table = (tmp_path / "quick" / "table.md").read_text()
+    assert "| floor | 0 | 1/2 (missing) |" in table and "| tamer | 0.25 | 1/2 (missing) |" in table
+    assert "not met" in table and "missing" in table
+    assert {p: p.stat().st_mtime_ns for p in cells.glob("*.json")} == stamps
+
+
+def test_a_killed_run_loses_only_the_cell_in_flight(study_module, tmp_path):
+    """A cell is written whole or not at all; the next run redoes only the cells without a file."""
+    assert study_module.main([*TINY, "--out", str(tmp_path), "--arms", "floor"]) == 0
+    cells = tmp_path / "quick" / "cells"
+    (cells / "reference-seed0.json.tmp").write_text("{half a cell")  # what a kill mid-write could leave
+    assert study_module.main([*TINY, "--out", str(tmp_path), "--arms", "floor,reference"]) == 0
+    assert sorted(p.name for p in cells.glob("*.json")) == ["floor-seed0.json", "reference-seed0.json"]
+    assert json.loads((cells / "reference-seed0.json").read_text())["arm"] == "reference"
+
+
+def test_the_simulated_person_answers_by_the_critic_with_its_noise(study_module):
+    judge = study_module.EpisodeJudge(study_module.make_critic("vader"), 4.0, np.random.default_rng(0))
+    keys = [judge.rate("What a wonderful, brilliant film.", 8)[0] for _ in range(400)]
+    assert 0.8 < keys.count("5") / 400 < 0.95  # misses (10 %) are skips, wrong keys (5 %) random ratings
+    assert 0.05 < keys.count("s") / 400 < 0.15
+    key, seconds = judge.compare("A terrible, awful mess.", "A great joy.", 12)
+    assert key in ("b", "s", "a") and 12 / 4 + 0.3 <= seconds <= 12 / 4 + 1.5
+    answers = [judge.compare("A terrible, awful mess.", "A great joy.", 12)[0] for _ in range(400)]
+    assert answers.count("b") > 0.8 * 400 and answers.count("t") == 0
