@@ -242,7 +242,9 @@ def test_a_source_with_a_timeout_still_sees_the_grad_mode_and_returns_its_values
 @pytest.mark.parametrize("spec", ["broken", "broken(timeout=60)"], ids=["no timeout", "timeout"])
 def test_ctrl_c_interrupts_a_reward_call_and_names_the_source(pm, hang, spec):
     pipeline = _pipeline(pm, hang, spec)
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    # At the main thread: a process-wide os.kill may be taken by another thread, and the source's wait in the main
+    # thread then runs on to its end (the test once waited the 60 s).
+    timer = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     timer.start()
     try:
         with pytest.raises(RewardInterrupted, match=r"Ctrl-C while reward source 'broken' \(test\) was scoring "
