@@ -754,6 +754,8 @@ def run_cells(study: Study, cells: Sequence[Cell], out: Path, log=print) -> list
     ctx = {"train_prompts": train_prompts, "held_out": held_out, "work": out / "work",
            "pool": pool("train", train_prompts), "held_out_pool": pool("held_out", held_out),
            "hhat_commit": git_commit("plugins/human/hhat.py")}
+    if any(cell.arm == "tamer" for cell in cells):
+        log(f"Ĥ (plugins/human/hhat.py) at commit {ctx['hhat_commit']}")
     written = []
     for cell in cells:
         path = cell_dir / f"{cell.name}.json"
