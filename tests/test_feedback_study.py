@@ -52,6 +52,9 @@ def test_quick_study_writes_every_cell_then_skips_them_and_reports_the_missing_s
     assert study_module.main([*TINY, "--out", str(tmp_path)]) == 0
     assert "floor-seed0: done already" in capsys.readouterr().out
     assert {p: p.stat().st_mtime_ns for p in cells.glob("*.json")} == stamps
+    # a cell made with other settings is never taken for one of this study's
+    with pytest.raises(SystemExit, match="other settings"):
+        study_module.main([*TINY, "--out", str(tmp_path), "--iterations", "2"])
 
     # the report over two seeds marks seed 1 missing in every row, from the cells present only
     assert study_module.main([*TINY, "--out", str(tmp_path), "--seeds", "0,1", "--report"]) == 0
@@ -61,14 +64,31 @@ def test_quick_study_writes_every_cell_then_skips_them_and_reports_the_missing_s
     assert {p: p.stat().st_mtime_ns for p in cells.glob("*.json")} == stamps
 
 
-def test_a_killed_run_loses_only_the_cell_in_flight(study_module, tmp_path):
-    """A cell is written whole or not at all; the next run redoes only the cells without a file."""
-    assert study_module.main([*TINY, "--out", str(tmp_path), "--arms", "floor"]) == 0
+def test_a_killed_run_loses_only_the_cell_in_flight(tmp_path):
+    """SIGKILL in the middle of a cell: the finished cells stay, the next run redoes only the killed one."""
+    import os
+    import signal
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "feedback_study.py"
+    argv = [sys.executable, str(script), *TINY, "--out", str(tmp_path), "--arms", "floor,reference",
+            "--iterations", "3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    for line in child.stdout:
+        if "reference-seed0: running" in line:  # the floor cell is written, the reference is starting
+            child.send_signal(signal.SIGKILL)
+            break
+    child.wait(timeout=60)
     cells = tmp_path / "quick" / "cells"
-    (cells / "reference-seed0.json.tmp").write_text("{half a cell")  # what a kill mid-write could leave
-    assert study_module.main([*TINY, "--out", str(tmp_path), "--arms", "floor,reference"]) == 0
-    assert sorted(p.name for p in cells.glob("*.json")) == ["floor-seed0.json", "reference-seed0.json"]
-    assert json.loads((cells / "reference-seed0.json").read_text())["arm"] == "reference"
+    assert sorted(p.name for p in cells.iterdir()) == ["floor-seed0.json"]  # no half-written reference
+    floor = (cells / "floor-seed0.json").stat().st_mtime_ns
+
+    rerun = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "floor-seed0: done already" in rerun.stdout and "reference-seed0: running" in rerun.stdout
+    assert sorted(p.name for p in cells.iterdir()) == ["floor-seed0.json", "reference-seed0.json"]
+    assert (cells / "floor-seed0.json").stat().st_mtime_ns == floor
 
 
 def test_the_simulated_person_answers_by_the_critic_with_its_noise(study_module):
