@@ -26,7 +26,9 @@ What is real and what is simulated:
   idle step per completion instead of 32. Here each batch's share is run before that batch's
   feedback is learned (``display seconds / 0.25`` steps on what Ĥ had), as a person-paced
   session would have run them; ``--no-idle-training`` leaves them out (only the 20 steps after
-  each batch: about what the 10x sessions of ``feedback_efficiency.py`` train).
+  each batch: about what the 10x sessions of ``feedback_efficiency.py`` train). Both matter to
+  the ``mlp`` estimator only: the default ``token`` estimator refits exactly when feedback
+  arrives, so steps without new feedback change nothing.
 
 Person-time counts the training stream only, at the stated reading pace: each completion's
 tokens at ``--pace`` tokens/s (4: about 3 words/s) plus the 0.5 s gap after it, plus the 1 s
@@ -54,7 +56,8 @@ Metrics, at each checkpoint (the first batch end at or past each press count):
 Baselines, from the same training presses: ``const`` predicts the training tokens' mean
 credited reward everywhere (its correlations are undefined; its sign accuracy is the share of
 pressed tokens with that mean's sign), ``lookup`` predicts each token id's mean credited
-reward in training (the mean for ids never seen), Ĥ without its context.
+reward in training (the mean for ids never seen; an id seen but never credited predicts 0, which
+counts as a miss in ``sign``).
 
 The figures are not bit-reproducible: when a press arrives, and so its credit, depends on the
 threads' scheduling on a busy machine (timings in milliseconds at 10x); the spread over seeds
@@ -62,6 +65,14 @@ covers that too. Run (``OMP_NUM_THREADS=1 taskset -c 1`` on a shared machine)::
 
     .venv/bin/python benchmarks/hhat_agreement.py                # 3 seeds, up to 400 presses
     .venv/bin/python benchmarks/hhat_agreement.py --quick        # under a minute, tiny-random
+
+Choosing Ĥ's settings: the simulated person never looks at Ĥ, so a session's presses can be
+saved once and other Ĥ configurations trained on them afterwards, exactly as the live session
+would have trained them (same batches, same steps), in seconds each::
+
+    .venv/bin/python benchmarks/hhat_agreement.py --save runs/hhat          # the sessions, once
+    .venv/bin/python benchmarks/hhat_agreement.py --refit runs/hhat --variant default \
+        --variant old:estimator=mlp,context=8 --variant k5:shrinkage=5   # HHatConfig overrides
 """
 
 from __future__ import annotations
@@ -351,48 +362,161 @@ def baselines(trained: list[tuple[list[int], np.ndarray]], held_out: HeldOut) ->
 # --------------------------------------------------------------------------- the study
 
 
-def run_seed(study: Study, train: list[Completion], held_out: HeldOut, critic: Critic, seed: int) -> SeedRun:
-    """One seed: the person watches training completions in the seed's order; Ĥ learns from the
-    presses batch by batch and is measured at each checkpoint."""
-    hhat = HumanRewardModel(replace(HHatConfig(), seed=seed))
+@dataclass
+class Batch:
+    """One streamed batch of training completions and the person's credited presses on it."""
+
+    completions: list[int]
+    """Indices into the training pool of the completions streamed."""
+    shown: list[int]
+    """Indices into ``completions`` of those the person saw whole (the ones Ĥ learns from)."""
+    rewards: list[list[float]]
+    """Per shown completion, the credited reward of each token."""
+    presses: int
+    attentive: bool
+    """Whether the person gave feedback on this batch (the live source learns only then)."""
+    display: float
+    """Person-seconds the batch was on screen."""
+
+
+def stream_seed(study: Study, train: list[Completion], critic: Critic, seed: int) -> list[Batch]:
+    """One seed's live session: the person watches training completions in the seed's order until
+    their presses on attentive batches reach the last checkpoint."""
     order = np.random.default_rng(seed).permutation(len(train)).tolist()
+    batches: list[Batch] = []
+    learned = 0
+    with watching(study, critic, seed) as feedback:
+        for start in range(0, len(order), study.batch):
+            if learned >= max(study.presses):
+                break
+            chosen = order[start : start + study.batch]
+            result = show(feedback, [train[i] for i in chosen])
+            display = sum(len(train[i].ids) for i in chosen) / study.pace + study.person_seconds_per_batch
+            batches.append(Batch(chosen, list(result.shown), [result.rewards[j].tolist() for j in result.shown],
+                                 len(result.presses), bool(result.attentive), display))
+            learned += len(result.presses) if result.attentive else 0
+    return batches
+
+
+def replay(study: Study, train_ids: Sequence[Sequence[int]], batches: Sequence[Batch], held_out: HeldOut,
+           config: HHatConfig, seed: int) -> SeedRun:
+    """Ĥ learns a seed's batches as the live source does, and is measured at each checkpoint.
+
+    The simulated person does not look at Ĥ, so training Ĥ after the session gives what training it
+    between the batches would: the same presses, the same steps in the same order. That lets
+    ``--refit`` train other Ĥ configurations on the presses of a saved session in seconds.
+    """
+    hhat = HumanRewardModel(replace(config, seed=seed))
     targets = sorted(study.presses)
     checkpoints: list[Checkpoint] = []
     trained: list[tuple[list[int], np.ndarray]] = []
     trained_on: list[int] = []
     watched, person_seconds = 0, 0.0
-    with watching(study, critic, seed) as feedback:
-        for start in range(0, len(order), study.batch):
-            if not targets:
-                break
-            batch = order[start : start + study.batch]
-            result = show(feedback, [train[i] for i in batch])
-            watched += len(batch)
-            display = sum(len(train[i].ids) for i in batch) / study.pace + study.person_seconds_per_batch
-            person_seconds += display
-            # the idle steps a person-paced session runs while this batch is on screen, before its feedback
-            if hhat.buffer_len and study.idle_training:
-                hhat.update(round(display / HHAT_INTERVAL))
-            if result.attentive:  # as the live source: learn the shown completions' credit, then a few steps
-                shown = [batch[j] for j in result.shown]
-                hhat.observe([train[i].ids for i in shown], [result.rewards[j] for j in result.shown],
-                             presses=len(result.presses))
-                hhat.update()
-                trained += [(train[i].ids, result.rewards[j]) for i, j in zip(shown, result.shown)]
-                trained_on += shown
-            while targets and hhat.presses_seen >= targets[0]:
-                const, lookup = baselines(trained, held_out)
-                rewards, masses = np.concatenate(held_out.rewards), np.concatenate(held_out.masses)
-                checkpoints.append(Checkpoint(
-                    seed=seed, target=targets.pop(0), presses=hhat.presses_seen,
-                    person_minutes=person_seconds / 60, completions=watched,
-                    hhat=agreement(hhat.predict([c.ids for c in held_out.completions]), held_out),
-                    const=const, lookup=lookup, judged_tokens=int(np.sum((masses > 0) & (rewards != 0))),
-                ))
+    for batch in batches:
+        if not targets:
+            break
+        watched += len(batch.completions)
+        person_seconds += batch.display
+        # the idle steps a person-paced session runs while this batch is on screen, before its feedback
+        if hhat.buffer_len and study.idle_training:
+            hhat.update(round(batch.display / HHAT_INTERVAL))
+        if batch.attentive:  # as the live source: learn the shown completions' credit, then a few steps
+            shown = [batch.completions[j] for j in batch.shown]
+            rewards = [np.asarray(r, dtype=np.float32) for r in batch.rewards]
+            hhat.observe([train_ids[i] for i in shown], rewards, presses=batch.presses)
+            hhat.update()
+            trained += [(list(train_ids[i]), r) for i, r in zip(shown, rewards)]
+            trained_on += shown
+        while targets and hhat.presses_seen >= targets[0]:
+            const, lookup = baselines(trained, held_out)
+            rewards, masses = np.concatenate(held_out.rewards), np.concatenate(held_out.masses)
+            checkpoints.append(Checkpoint(
+                seed=seed, target=targets.pop(0), presses=hhat.presses_seen,
+                person_minutes=person_seconds / 60, completions=watched,
+                hhat=agreement(hhat.predict([c.ids for c in held_out.completions]), held_out),
+                const=const, lookup=lookup, judged_tokens=int(np.sum((masses > 0) & (rewards != 0))),
+            ))
     return SeedRun(seed, checkpoints, trained_on, held_out, hhat)
 
 
-def run_study(study: Study, *, cache: Path | None = None, log=print) -> list[SeedRun]:
+def run_seed(study: Study, train: list[Completion], held_out: HeldOut, critic: Critic, seed: int,
+             config: HHatConfig | None = None, save: Path | None = None) -> SeedRun:
+    """One seed: the person watches training completions in the seed's order; Ĥ learns from the
+    presses batch by batch and is measured at each checkpoint. ``save``: also write the session's
+    presses and the held-out set there (``seed<N>.json``) for ``--refit``."""
+    batches = stream_seed(study, train, critic, seed)
+    if save is not None:
+        save_session(save / f"seed{seed}.json", study, train, batches, held_out, seed)
+    return replay(study, [c.ids for c in train], batches, held_out, config or HHatConfig(), seed)
+
+
+# --------------------------------------------------------------------------- saved sessions, refits
+
+
+def save_session(path: Path, study: Study, train: list[Completion], batches: list[Batch], held_out: HeldOut,
+                 seed: int) -> None:
+    """Write what Ĥ learns from and is measured on in one seed's session, for ``--refit``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "study": asdict(study), "seed": seed, "train_ids": [c.ids for c in train],
+        "batches": [asdict(b) for b in batches],
+        "held_out": {"ids": [c.ids for c in held_out.completions],
+                     "judgements": [j.tolist() for j in held_out.judgements],
+                     "rewards": [r.tolist() for r in held_out.rewards],
+                     "masses": [m.tolist() for m in held_out.masses],
+                     "scores": held_out.scores.tolist(), "presses": held_out.presses},
+    }))
+
+
+def load_session(path: Path) -> tuple[Study, int, list[list[int]], list[Batch], HeldOut]:
+    """What :func:`save_session` wrote: the study, the seed, the training pool's ids, the batches, the held-out set."""
+    data = json.loads(path.read_text())
+    study = Study(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["study"].items()})
+    h = data["held_out"]
+    held_out = HeldOut([Completion("", "", ids, []) for ids in h["ids"]],
+                       [np.asarray(j) for j in h["judgements"]], [np.asarray(r) for r in h["rewards"]],
+                       [np.asarray(m) for m in h["masses"]], np.asarray(h["scores"]), h["presses"])
+    return study, data["seed"], data["train_ids"], [Batch(**b) for b in data["batches"]], held_out
+
+
+def parse_variant(text: str) -> tuple[str, HHatConfig]:
+    """``name:key=value,key=value`` (or just the overrides, or ``default``) → a named HHatConfig."""
+    name, _, overrides = text.rpartition(":") if ":" in text else (text, "", text)
+    config = HHatConfig()
+    if overrides and overrides != "default":
+        types = {k: type(v) for k, v in asdict(config).items()}
+        values = dict(item.split("=", 1) for item in overrides.split(","))
+        config = replace(config, **{k: types[k](v) if types[k] is not bool else v.lower() in ("1", "true")
+                                    for k, v in values.items()})
+    return name, config
+
+
+def refit(directory: Path, variants: Sequence[str], log=print) -> dict[str, list[SeedRun]]:
+    """Train each Ĥ variant on every saved session in ``directory`` and print one line per checkpoint."""
+    sessions = [load_session(p) for p in sorted(directory.glob("seed*.json"))]
+    if not sessions:
+        raise SystemExit(f"{directory}: no saved sessions (seed*.json); run with --save {directory} first")
+    results = {}
+    log(f"{len(sessions)} sessions (seeds {', '.join(str(s[1]) for s in sessions)}); mean ± std over them")
+    log(f"{'variant':<28} {'presses':>7} {'r word':>11} {'r credit':>11} {'sign':>8} {'r compl':>11} "
+        f"| {'lookup r':>10} {'lookup sign':>11} {'const sign':>10} {'s':>5}")
+    for text in variants:
+        name, config = parse_variant(text)
+        start = time.perf_counter()
+        runs = [replay(study, ids, batches, held_out, config, seed) for study, seed, ids, batches, held_out in sessions]
+        seconds = time.perf_counter() - start
+        results[name] = runs
+        for target in sorted({c.target for r in runs for c in r.checkpoints}):
+            at = [c for r in runs for c in r.checkpoints if c.target == target]
+            figures = [("r_word", 11, False), ("r_credit", 11, False), ("sign", 8, True), ("r_completion", 11, False)]
+            line = " ".join(f"{_fmt([c.hhat[k] for c in at], True, share):>{w}}" for k, w, share in figures)
+            log(f"{name:<28} {target:>7} {line} | {_fmt([c.lookup['r_word'] for c in at], True):>10} "
+                f"{_fmt([c.lookup['sign'] for c in at], True, True):>11} "
+                f"{_fmt([c.const['sign'] for c in at], True, True):>10} {seconds / len(runs):>5.1f}", flush=True)
+    return results
+
+
+def run_study(study: Study, *, cache: Path | None = None, save: Path | None = None, log=print) -> list[SeedRun]:
     """Sample (or load) the completions, then run every seed; returns their checkpoints."""
     train, held_out_completions = sample_completions(study, cache)
     critic = make_critic(study.critic)
@@ -401,7 +525,7 @@ def run_study(study: Study, *, cache: Path | None = None, log=print) -> list[See
         start = time.perf_counter()
         # the held-out presses come from the same person with other noise (its own seed), never learned
         held_out = watch_held_out(study, held_out_completions, critic, seed + 10_000)
-        run = run_seed(study, train, held_out, critic, seed)
+        run = run_seed(study, train, held_out, critic, seed, save=save)
         runs.append(run)
         last = run.checkpoints[-1] if run.checkpoints else None
         log(f"seed {seed}: {held_out.presses} held-out presses (their credit vs the person's judgements: "
@@ -470,7 +594,16 @@ def main() -> None:
                              "waits (about what a 10x live session runs)")
     parser.add_argument("--cache", default="runs/hhat_agreement", help="where the sampled completions are kept")
     parser.add_argument("--json", help="also write every checkpoint to this file")
+    parser.add_argument("--save", metavar="DIR",
+                        help="also write each seed's presses and held-out set to DIR/seed<N>.json, for --refit")
+    parser.add_argument("--refit", metavar="DIR",
+                        help="no session: train Ĥ variants on the sessions saved in DIR (seconds each), print a table")
+    parser.add_argument("--variant", action="append", metavar="NAME:KEY=VALUE,...",
+                        help="with --refit: an HHatConfig to train (repeatable; 'default' is today's defaults)")
     args = parser.parse_args()
+    if args.refit:
+        refit(Path(args.refit), args.variant or ["default"])
+        return
 
     study = Study()
     if args.quick:
@@ -484,7 +617,8 @@ def main() -> None:
     study = replace(study, **{k: v for k, v in overrides.items() if v is not None})
     print(f"load average {os.getloadavg()[0]:.2f}; {study}", flush=True)
     start = time.perf_counter()
-    runs = run_study(study, cache=Path(args.cache) if args.cache else None)
+    runs = run_study(study, cache=Path(args.cache) if args.cache else None,
+                     save=Path(args.save) if args.save else None)
     print(f"\nseed {study.seeds[0]} alone:\n{table(runs, study.seeds[0])}")
     print(f"\nmean ± std over seeds {', '.join(map(str, study.seeds))}:\n{table(runs)}")
     print("reference for r word: the person's own held-out credit against their judgements, r "

@@ -18,9 +18,9 @@ def _teacher_values() -> np.ndarray:
     return values
 
 
-def _watched_episode(rng, values, *, length=24, pace=4.0):
+def _watched_episode(rng, values, *, length=24, pace=4.0, vocab=VOCAB):
     """One streamed episode and what a person with 0.3-1.5 s reactions (10 % missed, 5 % wrong) pressed."""
-    ids = rng.integers(VOCAB, size=length)
+    ids = rng.integers(vocab, size=length)
     shown = np.arange(length) / pace
     times, signals = [], []
     for k in np.flatnonzero(values[ids]):
@@ -47,6 +47,69 @@ def test_hhat_predictions_correlate_with_the_teachers_judgement_on_held_out_toke
     assert predicted[judged > 0].mean() > predicted[judged == 0].mean() > predicted[judged < 0].mean()
 
 
+def _stream(rng, vocab, batches):
+    """A live-like stream over a vocabulary where 5 % of the ids are always good and 5 % always bad, each
+    amid random other tokens: (episodes of ids, credited rewards, credit masses, presses)."""
+    values = np.zeros(vocab)
+    values[: vocab // 20], values[vocab // 20 : vocab // 10] = 1.0, -1.0
+    episodes = [[_watched_episode(rng, values, vocab=vocab) for _ in range(8)] for _ in range(batches)]
+    return values, episodes
+
+
+@pytest.mark.parametrize("config", [
+    HHatConfig(buckets=1000),
+    pytest.param(HHatConfig(buckets=1000, estimator="mlp", context=8), id="old-mlp-context-8",
+                 marks=pytest.mark.xfail(strict=True, reason="the earlier Ĥ memorized its context window")),
+])
+def test_hhat_generalizes_to_held_out_tokens_from_a_few_hundred_presses(config):
+    # the regime Ĥ meets live: ~300 presses over ~1,000 ids, most seen a few times, each amid random neighbours
+    # that share its credit; trained as the live source trains it (idle steps while a batch shows, then after it)
+    rng = np.random.default_rng(0)
+    values, batches = _stream(rng, 1000, 20)
+    hhat = HumanRewardModel(config)
+    for batch in batches:
+        if hhat.buffer_len:
+            hhat.update(50)  # the idle steps of a batch on screen
+        hhat.observe([b[0] for b in batch], [b[1] for b in batch], presses=sum(b[2] for b in batch))
+        hhat.update()
+    assert 250 < hhat.presses_seen < 450
+    held_out = [rng.integers(1000, size=24) for _ in range(100)]
+    predicted = np.concatenate(hhat.predict(held_out))
+    judged = np.concatenate([values[ids] for ids in held_out])
+    # here the token estimator gets r 0.57 and sign 98 %, a per-token mean of the credit r 0.45, the network
+    # with no context r 0.38 and 86 %, the earlier Ĥ (the network with 8 tokens of context) r 0.01 and 49 %
+    assert np.corrcoef(predicted, judged)[0, 1] > 0.3
+    opinion = judged != 0
+    assert np.mean(np.sign(predicted[opinion]) == judged[opinion]) > 0.65  # earlier Ĥ: about a coin toss
+
+
+def test_the_token_estimator_separates_a_tokens_value_from_its_neighbours_share_of_the_credit():
+    # noise-free credit: each token's is its window's values spread by a known kernel (offsets -1..+3)
+    rng = np.random.default_rng(0)
+    truth = rng.normal(size=30)
+    kernel = np.array([0.1, 0.2, 0.4, 0.2, 0.1])
+    episodes = [rng.integers(30, size=20) for _ in range(200)]
+    credits = []
+    for ids in episodes:
+        padded = np.concatenate([[np.nan], truth[ids], [np.nan] * 3])
+        windows = np.stack([padded[j : j + len(ids)] for j in range(5)], 1)  # (T, 5): offsets -1..+3
+        credits.append(np.nansum(windows * kernel, 1) + 0.5)
+    hhat = HumanRewardModel(HHatConfig(buckets=64, window_before=1, window_after=3, shrinkage=1e-6,
+                                       kernel_iterations=10))
+    hhat.observe(episodes, credits)
+    hhat.update(1)
+    np.testing.assert_allclose(hhat.net.kernel.numpy(), kernel, atol=0.02)  # the window's weights, learned
+    predicted = hhat.predict([np.arange(30)])[0]
+    # its expected credit from itself alone: its own share of its value, the neighbours' at their mean
+    np.testing.assert_allclose(predicted, 0.5 + 0.2 * truth + 0.8 * truth.mean(), atol=0.03)
+    # a per-token mean of the same credit mixes in the neighbours' values
+    ids, flat = np.concatenate(episodes), np.concatenate(credits)
+    lookup = np.array([flat[ids == t].mean() for t in range(30)])
+    assert np.corrcoef(predicted, truth)[0, 1] > 0.999 > np.corrcoef(lookup, truth)[0, 1]
+    # (exact only because a window stops at its episode's ends); an unseen token gets the mean credit
+    assert hhat.predict([[40]])[0][0] == pytest.approx(flat.mean())
+
+
 def test_an_untrained_hhat_has_no_opinion():
     hhat = HumanRewardModel(HHatConfig(buckets=64))
     [pred] = hhat.predict([[1, 2, 3]])
@@ -59,14 +122,52 @@ def test_windows_hold_the_token_then_the_ones_before_it():
     np.testing.assert_array_equal(token_windows([7, 8, 9], cfg), [[8, 0, 0], [9, 8, 0], [10, 9, 8]])
 
 
-def test_save_and_load_give_the_same_predictions(tmp_path):
-    hhat = HumanRewardModel(HHatConfig(buckets=64, context=3))
+@pytest.mark.parametrize("estimator", ["token", "mlp"])
+def test_save_and_load_give_the_same_predictions(tmp_path, estimator):
+    hhat = HumanRewardModel(HHatConfig(buckets=64, context=3, estimator=estimator))
     hhat.observe([[1, 2, 3, 4]], [[0.5, 0.0, -0.5, 0.1]], presses=2)
     hhat.update(30)
     path = hhat.save(tmp_path / "run" / "hhat.safetensors")
     again = HumanRewardModel.load(path)
     assert again.config == hhat.config and again.presses_seen == 2 and again.updates == 30
     np.testing.assert_allclose(again.predict([[4, 3, 2, 1]])[0], hhat.predict([[4, 3, 2, 1]])[0])
+
+
+def test_a_file_saved_before_the_token_estimator_loads_as_the_network(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    hhat = HumanRewardModel(HHatConfig(buckets=64, estimator="mlp", context=8))
+    hhat.observe([[1, 2, 3, 4]], [[0.5, 0.0, -0.5, 0.1]], presses=2)
+    hhat.update(30)
+    path = hhat.save(tmp_path / "hhat.safetensors")
+    with safe_open(str(path), framework="pt") as f:  # rewrite it as the earlier version wrote it
+        metadata = f.metadata()
+    config = json.loads(metadata["config"])
+    for key in ("estimator", "shrinkage", "window_before", "window_after", "kernel_iterations"):
+        del config[key]
+    save_file(load_file(str(path)), str(path), metadata={**metadata, "config": json.dumps(config)})
+    again = HumanRewardModel.load(path)
+    assert again.config.estimator == "mlp" and again.config.context == 8
+    np.testing.assert_allclose(again.predict([[4, 3, 2, 1]])[0], hhat.predict([[4, 3, 2, 1]])[0])
+
+
+def test_an_unreadable_saved_hhat_is_a_one_line_error_naming_the_file(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = HumanRewardModel(HHatConfig(buckets=64)).save(tmp_path / "hhat.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    config = {**json.loads(metadata["config"]), "estimator": "mlp"}  # weights of one kind, config of another
+    save_file(load_file(str(path)), str(path), metadata={**metadata, "config": json.dumps(config)})
+    with pytest.raises(ValueError, match="cannot read") as error:
+        HumanRewardModel.load(path)
+    assert str(path) in str(error.value) and "\n" not in str(error.value)
 
 
 def test_loading_something_else_is_a_clear_error(tmp_path):
@@ -148,7 +249,7 @@ def test_agreement_counts_sign_on_pressed_tokens_only():
     assert np.isnan(const["r_word"]) and const["sign"] == pytest.approx(2 / 3)
 
 
-def test_hhat_agreement_learns_from_presses_and_is_measured_on_held_out_completions_only():
+def test_hhat_agreement_learns_from_presses_and_is_measured_on_held_out_completions_only(tmp_path):
     bench = _agreement_benchmark()
     study = bench.Study(model="tiny-random", critic="case", presses=(10, 30), seeds=(0,), pool=48, held_out=6,
                         batch=4, max_new_tokens=24, time_scale=20.0)
@@ -156,7 +257,7 @@ def test_hhat_agreement_learns_from_presses_and_is_measured_on_held_out_completi
     assert not {c.prompt for c in train} & {c.prompt for c in held_out_completions}  # other prompts
     critic = bench.make_critic(study.critic)
     held_out = bench.watch_held_out(study, held_out_completions, critic, seed=10_000)
-    run = bench.run_seed(study, train, held_out, critic, seed=0)
+    run = bench.run_seed(study, train, held_out, critic, seed=0, save=tmp_path)
 
     assert held_out.presses > 0
     assert [c.target for c in run.checkpoints] == [10, 30]
@@ -173,3 +274,13 @@ def test_hhat_agreement_learns_from_presses_and_is_measured_on_held_out_completi
     predicted = run.hhat.predict([c.ids for c in held_out.completions])
     assert bench.agreement(predicted, held_out) == pytest.approx(last.hhat, nan_ok=True)
     assert "person-min" in bench.table([run]) and f"{30:>7}" in bench.table([run], seed=0)
+    # --refit: the saved session trains Ĥ again to the same figures, and other configurations on it
+    saved_study, seed, ids, batches, saved_held_out = bench.load_session(tmp_path / "seed0.json")
+    again = bench.replay(saved_study, ids, batches, saved_held_out, HHatConfig(), seed)
+    assert len(again.checkpoints) == len(run.checkpoints)
+    for replayed, live in zip(again.checkpoints, run.checkpoints):
+        assert replayed.hhat == pytest.approx(live.hhat, nan_ok=True) and replayed.presses == live.presses
+    name, config = bench.parse_variant("old:estimator=mlp,context=8")
+    assert name == "old" and config == HHatConfig(estimator="mlp", context=8)
+    results = bench.refit(tmp_path, ["default", "old:estimator=mlp,context=8"], log=lambda *a, **k: None)
+    assert [len(r[0].checkpoints) for r in results.values()] == [2, 2]
