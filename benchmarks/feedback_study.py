@@ -24,8 +24,11 @@ Arms (each cell is one arm at one person-time budget and one seed):
 Budgets: ``tamer``, ``ratings`` and the A/B arms run at each of ``--budgets`` person-minutes
 (5 and 15). Every PPO run has the same budget: ``--iterations`` × ``--batch-size`` episodes
 (default 8 × 64 = 512, RLOO with groups of 4, PPOConfig's other defaults: the main job's
-settings), chosen so the 27 cells fit about 3 hours of one shared CPU core (a cell is about
-6 minutes of PPO plus its labelling and reward-model training).
+settings), chosen so the 27 cells fit about 3.5 hours of one shared CPU core. Measured there
+(2026-12-06, one core of two shared, ×10): floor 26 s; reference 5.1 min (PPO alone, 30-40 s an
+iteration); ratings 7.5 / 9 min at 5 / 15 person-minutes; A/B 7 / 9.5 min (four reward-model
+trainings of a 3-member MiniLM ensemble each, on up to ~50 pairs). 8 iterations is what fits:
+the reference still gains +0.28 VADER in them (0.28 → 0.55 on seed 0).
 
 Person-time is counted the same way in every arm: reading at ``--pace`` tokens/s (4 tokens/s,
 about 3 words/s) every completion token put in front of the person, plus decision time.
