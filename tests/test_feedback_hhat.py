@@ -284,3 +284,27 @@ def test_hhat_agreement_learns_from_presses_and_is_measured_on_held_out_completi
     assert name == "old" and config == HHatConfig(estimator="mlp", context=8)
     results = bench.refit(tmp_path, ["default", "old:estimator=mlp,context=8"], log=lambda *a, **k: None)
     assert [len(r[0].checkpoints) for r in results.values()] == [2, 2]
+
+
+def test_a_saved_hhat_of_the_earlier_kind_is_rebuilt_from_the_store_and_a_current_one_kept(tmp_path):
+    from textenv.plugins.human.live import load_hhat
+    from textenv.plugins.human.store import FeedbackStore
+
+    path = tmp_path / "feedback.hhat.safetensors"
+    rng = np.random.default_rng(0)
+    with FeedbackStore(tmp_path / "feedback.db") as store:
+        session = store.start_session("token")
+        for _ in range(30):  # ids below 10 are good, the others neutral
+            ids = rng.integers(1, 40, 12).tolist()
+            episode = store.add_episode(session, "p", "c", ids, [str(i) for i in ids])
+            store.set_token_rewards(episode, [1.0 if i < 10 else 0.0 for i in ids], [1.0] * len(ids))
+        HumanRewardModel(HHatConfig(estimator="mlp", context=8)).save(path)  # as saved before the token estimator
+
+        rebuilt = load_hhat(path, store)
+        assert rebuilt.config.estimator == HHatConfig().estimator == "token" and rebuilt.buffer_len == 360
+        good, neutral = rebuilt.predict([list(range(1, 10)), list(range(20, 29))])
+        assert good.min() > neutral.max()  # learned from the store, not the untrained network's output
+
+        rebuilt.save(path)
+        kept = load_hhat(path, store)
+        assert np.array_equal(kept.predict([list(range(1, 40))])[0], rebuilt.predict([list(range(1, 40))])[0])

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from textenv.plugins.human.credit import UniformDelay
-from textenv.plugins.human.hhat import HumanRewardModel
+from textenv.plugins.human.hhat import HHatConfig, HumanRewardModel
 from textenv.plugins.human.store import FeedbackStore
 from textenv.plugins.human.stream import StreamConfig, StreamResult, TokenFeedback
 from textenv.plugins.human.terminal import KeyReader
@@ -104,14 +104,7 @@ class HumanFeedbackSource:
         atexit.register(self.close)
 
     def _load_hhat(self) -> HumanRewardModel:
-        path = self.options.hhat_path
-        hhat = HumanRewardModel.load(path) if path.exists() else HumanRewardModel()
-        episodes = self.store.token_feedback()
-        hhat.observe([ids for ids, _, _ in episodes], [r for _, r, _ in episodes])
-        hhat.presses_seen = len(self.store.keypresses())
-        if hhat.buffer_len and not path.exists():  # feedback stored but no saved Ĥ: learn it now
-            hhat.update()
-        return hhat
+        return load_hhat(self.options.hhat_path, self.store)
 
     @property
     def quit(self) -> bool:
@@ -212,3 +205,21 @@ def human_source(options: HumanOptions, *, mode: str = "train") -> HumanFeedback
     if options not in _sources:
         _sources[options] = HumanFeedbackSource(options, mode=mode)
     return _sources[options]
+
+
+def load_hhat(path: Path, store: FeedbackStore) -> HumanRewardModel:
+    """Ĥ as saved at ``path``, with the store's feedback in its buffer; rebuilt from the store when needed.
+
+    Ĥ is a function of the stored feedback, so nothing is lost by learning it again: that is done when
+    no Ĥ was saved, and when the saved one is of an earlier kind (the context network, which memorized
+    its training tokens instead of generalizing) rather than the current default estimator.
+    """
+    saved = HumanRewardModel.load(path) if path.exists() else None
+    current = saved is not None and saved.config.estimator == HHatConfig().estimator
+    hhat = saved if current else HumanRewardModel()
+    episodes = store.token_feedback()
+    hhat.observe([ids for ids, _, _ in episodes], [r for _, r, _ in episodes])
+    hhat.presses_seen = len(store.keypresses())
+    if hhat.buffer_len and not current:
+        hhat.update()
+    return hhat
