@@ -13,6 +13,8 @@ Arms (each cell is one arm at one person-time budget and one seed):
 * ``tamer``: PPO on live keypresses (``human(show=...)``): the person watches ``--show``
   completions of each batch and presses g/b while they stream; Ĥ stands in for the other
   completions, and for every completion once the budget is spent (the person presses q).
+* ``tamer_no_hhat``: the same without Ĥ (``hhat_mix=0``): a token no press reached is worth 0,
+  so PPO learns from the shown completions' credit alone, and nothing once the budget is spent.
 * ``ratings``: the person rates completions of the untrained policy 1-5 (four per prompt);
   same-prompt completions with different ratings give preference pairs; a reward-model
   ensemble learns from them; PPO on ``reward_model(path=..., standardize=True)``.
@@ -21,7 +23,7 @@ Arms (each cell is one arm at one person-time budget and one seed):
   (:func:`~textenv.plugins.human.episodes.select_pairs`); then the reward model → PPO.
 * ``ab_random``: the same with random same-prompt pairs in every round.
 
-Budgets: ``tamer``, ``ratings`` and the A/B arms run at each of ``--budgets`` person-minutes
+Budgets: the TAMER, rating and A/B arms run at each of ``--budgets`` person-minutes
 (5 and 15). Every PPO run has the same budget: ``--iterations`` × ``--batch-size`` episodes
 (default 8 × 64 = 512, RLOO with groups of 4, PPOConfig's other defaults: the main job's
 settings), chosen so the 27 cells fit about 3.5 hours of one shared CPU core. Measured there
@@ -96,10 +98,10 @@ from typing import Any
 
 import numpy as np
 
-ARMS = ("floor", "reference", "tamer", "ratings", "ab_active", "ab_random")
+ARMS = ("floor", "reference", "tamer", "tamer_no_hhat", "ratings", "ab_active", "ab_random")
 """Every arm, in the order the study runs them (within a seed)."""
 
-BUDGETED = ("tamer", "ratings", "ab_active", "ab_random")
+BUDGETED = ("tamer", "tamer_no_hhat", "ratings", "ab_active", "ab_random")
 """The arms with a person in the loop, run at each person-time budget."""
 
 GOAL_SHARE = 0.9
@@ -186,7 +188,7 @@ class Cell:
 def cells_of(study: Study, arms: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
     """The cells in run order: seed by seed; within one, floor and reference first, then the A/B and
     rating arms, TAMER last (its Ĥ is the part of the library most likely to change between runs)."""
-    order = ["floor", "reference", "ratings", "ab_active", "ab_random", "tamer"]
+    order = ["floor", "reference", "ratings", "ab_active", "ab_random", "tamer", "tamer_no_hhat"]
     return [Cell(arm, budget, seed) for seed in seeds for arm in order if arm in arms
             for budget in (study.budgets if arm in BUDGETED else (0.0,))]
 
@@ -655,7 +657,8 @@ def compare_rounds(study: Study, cell: Cell, store, pool, held_out, judge, rng, 
 
 
 def run_tamer(study: Study, cell: Cell, ctx: dict[str, Any], log) -> dict[str, Any]:
-    """Live keypresses on ``show`` completions per batch, Ĥ for the rest; the person quits at the budget."""
+    """Live keypresses on ``show`` completions per batch, Ĥ for the rest (none for ``tamer_no_hhat``); the
+    person quits at the budget."""
     from textenv.plugins.human import live
     from textenv.plugins.human.simulated import HumanModel, SimulatedHuman
 
@@ -667,7 +670,8 @@ def run_tamer(study: Study, cell: Cell, ctx: dict[str, Any], log) -> dict[str, A
         stale.unlink()
     with SimulatedHuman(make_critic(study.critic), behaviour=HumanModel().scaled(k), seed=cell.seed) as person:
         spec = (f"human(db='{db}', tty='{person.tty_path}', pace={study.pace * k:g}, min_delay={0.2 / k:g}, "
-                f"max_delay={4.0 / k:g}, gap={0.5 / k:g}, linger={1.0 / k:g}, show={study.show})")
+                f"max_delay={4.0 / k:g}, gap={0.5 / k:g}, linger={1.0 / k:g}, show={study.show}"
+                + (", hhat_mix=0)" if cell.arm == "tamer_no_hhat" else ")"))
         agent = make_agent(study, spec, cell.seed, ctx["train_prompts"])
         watcher = BudgetWatcher(db, cell.budget * 60.0, k, person)
         with watcher:
@@ -718,8 +722,8 @@ class BudgetWatcher:
                 return
 
 
-RUNNERS = {"floor": run_floor, "reference": run_reference, "tamer": run_tamer, "ratings": run_rm_arm,
-           "ab_active": run_rm_arm, "ab_random": run_rm_arm}
+RUNNERS = {"floor": run_floor, "reference": run_reference, "tamer": run_tamer, "tamer_no_hhat": run_tamer,
+           "ratings": run_rm_arm, "ab_active": run_rm_arm, "ab_random": run_rm_arm}
 
 
 # --------------------------------------------------------------------------- running cells
@@ -757,7 +761,7 @@ def run_cells(study: Study, cells: Sequence[Cell], out: Path, log=print) -> list
     ctx = {"train_prompts": train_prompts, "held_out": held_out, "work": out / "work",
            "pool": pool("train", train_prompts), "held_out_pool": pool("held_out", held_out),
            "hhat_commit": git_commit("plugins/human/hhat.py")}
-    if any(cell.arm == "tamer" for cell in cells):
+    if any(cell.arm.startswith("tamer") for cell in cells):
         log(f"Ĥ (plugins/human/hhat.py) at commit {ctx['hhat_commit']}")
     written = []
     for cell in cells:
@@ -919,7 +923,7 @@ def plot(study: Study, results: dict, path: Path) -> Path:
             ax.axhline(r["mean"], color=colour, ls="--", label=f"{arm} ({r['seeds']} seeds)")
             if not math.isnan(r["sd"]):
                 ax.axhspan(r["mean"] - r["sd"], r["mean"] + r["sd"], color=colour, alpha=0.1)
-    for arm, marker in zip(BUDGETED, "osD^"):
+    for arm, marker in zip(BUDGETED, "osvD^"):
         points = [r for r in rows if r["arm"] == arm and r["seeds"]]
         if points:
             ax.errorbar([r["person_minutes"] for r in points], [r["mean"] for r in points],

@@ -30,13 +30,14 @@ def test_quick_study_writes_every_cell_then_skips_them_and_reports_the_missing_s
     assert study_module.main([*TINY, "--out", str(tmp_path)]) == 0
     cells = tmp_path / "quick" / "cells"
     names = sorted(p.stem for p in cells.glob("*.json"))
-    assert names == sorted(["floor-seed0", "reference-seed0", "tamer-0.25min-seed0", "ratings-0.25min-seed0",
-                            "ab_active-0.25min-seed0", "ab_random-0.25min-seed0"])
+    assert names == sorted(["floor-seed0", "reference-seed0", "tamer-0.25min-seed0", "tamer_no_hhat-0.25min-seed0",
+                            "ratings-0.25min-seed0", "ab_active-0.25min-seed0", "ab_random-0.25min-seed0"])
     results = {name: json.loads((cells / f"{name}.json").read_text()) for name in names}
     for name, r in results.items():
         assert -1 <= r["eval_mean"] <= 1 and np.isfinite(r["kl"]), name
     assert results["floor-seed0"]["kl"] == pytest.approx(0.0, abs=1e-6)  # the untrained policy is the reference
-    for name in ("tamer-0.25min-seed0", "ratings-0.25min-seed0", "ab_active-0.25min-seed0"):
+    for name in ("tamer-0.25min-seed0", "tamer_no_hhat-0.25min-seed0", "ratings-0.25min-seed0",
+                 "ab_active-0.25min-seed0"):
         # the person labelled, and stopped at the budget (give or take the question or completion in progress)
         assert results[name]["labels"] > 0 and 0 < results[name]["person_minutes"] < 0.25 + 0.2, name
     for name in ("ab_active-0.25min-seed0", "ab_random-0.25min-seed0"):
