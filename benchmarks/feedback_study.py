@@ -48,7 +48,7 @@ scaled; the person-minutes reported are multiplied back.
 
 How the simulated person answers (the rule is the arm's label noise):
 
-* TAMER: ``SimulatedHuman`` as in ``feedback_efficiency.py``: each word by VADER's lexicon,
+* TAMER: ``SimulatedHuman`` at the pseudo-terminal: each word by VADER's lexicon,
   each finished completion by its compound, 0.3-1.5 s reactions, 10 % misses, 5 % wrong keys.
 * rate: ``round(3 + 2 × compound)`` clipped to 1-5; 10 % of questions skipped (a miss), 5 %
   answered with a random rating (a wrong key).

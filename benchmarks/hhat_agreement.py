@@ -26,7 +26,7 @@ What is real and what is simulated:
   idle step per completion instead of 32. Here each batch's share is run before that batch's
   feedback is learned (``display seconds / 0.25`` steps on what Ĥ had), as a person-paced
   session would have run them; ``--no-idle-training`` leaves them out (only the 20 steps after
-  each batch: about what the 10x sessions of ``feedback_efficiency.py`` train). Both matter to
+  each batch: about what the 10x sessions of ``feedback_study.py`` train). Both matter to
   the ``mlp`` estimator only: the default ``token`` estimator refits exactly when feedback
   arrives, so steps without new feedback change nothing.
 
