@@ -7,7 +7,6 @@ the others check, here, what does not depend on the device.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from benchmark_module import load_benchmark
 
 from textenv.devices import autocast, use_bf16
 from textenv.envs import TextGenVectorEnv
@@ -33,12 +33,7 @@ def cuda_test(test):
 
 
 def _gpu_check():
-    """benchmarks/gpu_check.py as a module (benchmarks/ is no package)."""
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # its dataclass looks its module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu_check")
 
 
 def _count_syncs(fn) -> int:

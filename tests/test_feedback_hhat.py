@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 from textenv.plugins.human.credit import UniformDelay, credit_keypresses, hidden_times
 from textenv.plugins.human.hhat import HHatConfig, HumanRewardModel, token_windows
@@ -189,17 +190,7 @@ def test_mismatched_rewards_are_refused():
 
 
 def _agreement_benchmark():
-    """benchmarks/hhat_agreement.py as a module (benchmarks/ is no package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "hhat_agreement.py"
-    spec = importlib.util.spec_from_file_location("hhat_agreement", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while they are built
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("hhat_agreement")
 
 
 def test_token_judgements_are_the_words_the_simulated_person_reacts_to():

@@ -3,24 +3,18 @@ marks what is missing."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_module import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def study_module():
-    """benchmarks/feedback_study.py as a module (benchmarks/ is no package)."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "feedback_study.py"
-    spec = importlib.util.spec_from_file_location("feedback_study", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while they are built
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("feedback_study")
 
 
 TINY = ["--quick", "--model", "tiny-random", "--critic", "case", "--budgets", "0.25", "--time-scale", "40"]
