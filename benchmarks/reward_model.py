@@ -114,7 +114,9 @@ def main() -> None:
     parser.add_argument("--eval-fraction", type=float, default=0.2)
     parser.add_argument("--epochs", type=float, default=2.0)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--lr", type=float, default=None, help="default: RewardModelConfig's")
+    parser.add_argument("--pooling", default="auto", choices=["auto", "mean", "head"])
+    parser.add_argument("--freeze-backbone", action="store_true", help="train the scalar head only")
     parser.add_argument("--ensemble", type=int, default=1)
     parser.add_argument("--bf16", action="store_true", help="bf16 mixed precision in training")
     parser.add_argument("--score-n", type=int, default=512, help="completions scored per timed run")
@@ -132,6 +134,8 @@ def main() -> None:
     config = RewardModelConfig(
         epochs=args.epochs,
         lr=args.lr,
+        pooling=args.pooling,
+        freeze_backbone=args.freeze_backbone,
         batch_size=args.batch_size,
         ensemble_size=args.ensemble,
         eval_fraction=args.eval_fraction,
@@ -141,7 +145,8 @@ def main() -> None:
     )
     print(
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; backbone {config.backbone}",
+        f"{torch.get_num_threads()} threads; backbone {config.backbone}, pooling {config.pooling}"
+        f"{', frozen' if config.freeze_backbone else ''}, lr {config.learning_rate:g}",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as out:

@@ -300,6 +300,49 @@ def test_an_encoder_backbone_from_a_directory_learns_too(tmp_path, byte_tokenize
     assert result.model.max_length == 128  # the backbone's limit caps the default 512
 
 
+def test_a_sentence_encoder_is_mean_pooled_and_a_frozen_backbone_trains_its_head_only(tmp_path, byte_tokenizer):
+    """A backbone that declares sentence-transformers mean pooling is read by the masked mean of its
+    token states (not its untrained [CLS] pooler); ``freeze_backbone`` moves the head alone."""
+    from transformers import BertConfig, BertModel
+
+    from textenv.plugins.reward_model.pooling import HEAD_FILENAME, MeanPooledScorer
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=384, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, pad_token_id=0)
+    folder = tmp_path / "encoder"
+    BertModel(config).save_pretrained(folder)
+    byte_tokenizer.save_pretrained(folder)
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    before = BertModel.from_pretrained(folder).state_dict()
+
+    config = RewardModelConfig(**{**TINY, "backbone": str(folder), "lr": None, "epochs": 8}, freeze_backbone=True)
+    result = train_reward_model(separable_pairs(100, seed=1), tmp_path / "rm", config, progress=False)
+    member = result.model.members[0]
+    assert isinstance(member, MeanPooledScorer) and result.eval_accuracy > 0.9
+    after = member.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the backbone never moved
+    assert json.loads((tmp_path / "rm" / "reward_model.json").read_text())["pooling"] == "mean"
+    assert (tmp_path / "rm" / "member-0" / HEAD_FILENAME).is_file()
+
+    loaded = load_reward_model(tmp_path / "rm", device="cpu")
+    prompts, completions = ["the plot was", "a"], [" good music", " bad music and a long tail of padding"]
+    batched = loaded.score(prompts, completions)
+    np.testing.assert_allclose(batched, result.model.score(prompts, completions), atol=1e-5)
+    one_by_one = [loaded.score([p], [c])[0] for p, c in zip(prompts, completions)]
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)  # padding is outside the mean
+
+
+def test_the_default_minilm_declares_mean_pooling():
+    from textenv.plugins.reward_model import DEFAULT_BACKBONE
+    from textenv.plugins.reward_model.model import resolve_backbone
+    from textenv.plugins.reward_model.pooling import backbone_pooling
+
+    assert backbone_pooling(resolve_backbone(DEFAULT_BACKBONE)) == "mean"
+    assert backbone_pooling("sentence-transformers/all-MiniLM-L6-v2") == "head"  # a hub id: not read here
+
+
 def test_long_texts_are_truncated_with_one_warning(tmp_path):
     pairs = [PreferencePair("x" * 40, f" good {w}", f" bad {w}") for w in WORDS]
     with pytest.warns(
@@ -340,6 +383,8 @@ def test_the_output_directory_is_never_written_over_by_accident(tmp_path, tiny_r
 def test_bad_options_and_backbones_are_clear_errors(tmp_path):
     with pytest.raises(RewardModelError, match="ensemble_size must be at least 1"):
         RewardModelConfig(ensemble_size=0)
+    with pytest.raises(RewardModelError, match="pooling must be one of auto, mean, head"):
+        RewardModelConfig(pooling="max")
     with pytest.raises(RewardModelError, match="cannot load backbone"):
         train_reward_model(
             separable_pairs(10, seed=0),
@@ -445,7 +490,7 @@ def test_the_default_minilm_backbone_trains_saves_and_reloads(tmp_path, one_thre
     pairs = separable_pairs(24, seed=5)
     config = RewardModelConfig(epochs=1, batch_size=8, lr=1e-4, device="cpu")  # default backbone
     result = train_reward_model(pairs, tmp_path / "rm", config, progress=False)
-    assert type(result.model.members[0]).__name__ == "BertForSequenceClassification"
+    assert type(result.model.members[0]).__name__ == "MeanPooledScorer"  # MiniLM declares mean pooling
     assert result.model.max_length == 512 and np.isfinite(result.eval_loss)
     loaded = load_reward_model(tmp_path / "rm", device="cpu")
     prompts, completions = ["the plot was"] * 2, [" good music", " bad music"]

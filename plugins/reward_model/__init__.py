@@ -33,11 +33,13 @@ from textenv.plugins.reward_model.model import (
     load_backbone,
     load_reward_model,
 )
+from textenv.plugins.reward_model.pooling import MeanPooledScorer, backbone_pooling
 from textenv.plugins.reward_model.source import get_reward_model
 from textenv.plugins.reward_model.trainer import TrainResult, split_pairs, train_reward_model
 
 __all__ = [
     "DEFAULT_BACKBONE",
+    "MeanPooledScorer",
     "PreferenceData",
     "PreferenceDataError",
     "PreferencePair",
@@ -46,6 +48,7 @@ __all__ = [
     "RewardModelError",
     "TrainResult",
     "TruncationWarning",
+    "backbone_pooling",
     "bradley_terry_loss",
     "elo_ratings",
     "elo_to_rewards",

@@ -9,7 +9,7 @@ import warnings
 from collections.abc import Iterator
 
 from textenv.plugin_manager import hookimpl
-from textenv.plugins.reward_model.config import DEFAULT_BACKBONE, RewardModelConfig, RewardModelError
+from textenv.plugins.reward_model.config import DEFAULT_BACKBONE, POOLINGS, RewardModelConfig, RewardModelError
 from textenv.plugins.reward_model.data import PreferenceDataError
 
 
@@ -45,7 +45,19 @@ def textenv_add_commands(subparsers):
         help="members, each trained on a bootstrap resample (default 1)",
     )
     p.add_argument("--epochs", type=float, default=defaults.epochs)
-    p.add_argument("--lr", type=float, default=defaults.lr, help="learning rate")
+    p.add_argument(
+        "--lr", type=float, default=defaults.lr, help="learning rate (default 1e-4; 1e-2 with --freeze-backbone)"
+    )
+    p.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default=defaults.pooling,
+        help="mean: a head on the mean token state; head: the backbone's own; auto (default): mean for "
+        "sentence-transformers backbones",
+    )
+    p.add_argument(
+        "--freeze-backbone", action="store_true", help="train the scalar head only (for about a hundred pairs or fewer)"
+    )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="pairs per step")
     p.add_argument(
         "--max-length", type=int, default=defaults.max_length, help="longest input in tokens"
@@ -91,6 +103,8 @@ def _train(args: argparse.Namespace) -> int:
         ensemble_size=args.ensemble,
         epochs=args.epochs,
         lr=args.lr,
+        pooling=args.pooling,
+        freeze_backbone=args.freeze_backbone,
         batch_size=args.batch_size,
         max_length=args.max_length,
         center_rewards_coefficient=args.center_rewards,

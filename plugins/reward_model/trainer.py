@@ -149,7 +149,7 @@ def train_reward_model(
     train_pairs, eval_pairs, split = split_pairs(data.pairs, config.eval_fraction, seed=config.seed)
 
     set_seed(config.seed)
-    model, tokenizer = load_backbone(config.backbone)
+    model, tokenizer = load_backbone(config.backbone, config.pooling)
     max_length = input_limit(model, tokenizer, config.max_length)
     examples = _encode_pairs(tokenizer, train_pairs, max_length)
 
@@ -158,7 +158,7 @@ def train_reward_model(
     for k in range(config.ensemble_size):
         if k:  # the first member's model is already loaded, seeded like the others
             set_seed(config.seed + k)
-            model, _ = load_backbone(config.backbone)
+            model, _ = load_backbone(config.backbone, config.pooling)
         rows = _bootstrap(len(examples), seed=config.seed + k) if config.ensemble_size > 1 else None
         member_examples = examples if rows is None else [examples[i] for i in rows]
         description = f"member {k + 1}/{config.ensemble_size}"
@@ -300,13 +300,15 @@ def _train_member(
     description: str,
     progress: bool,
 ) -> list[float]:
-    """Train one member in place; return its loss at each step."""
+    """Train one member in place (its head alone with ``freeze_backbone``); return its loss at each step."""
+    if config.freeze_backbone:
+        model.base_model.requires_grad_(False)
     with tempfile.TemporaryDirectory(prefix="textenv-rm-") as scratch:
         args = TrainingArguments(
             output_dir=scratch,  # nothing is saved there (save_strategy="no")
             per_device_train_batch_size=config.batch_size,
             num_train_epochs=config.epochs,
-            learning_rate=config.lr,
+            learning_rate=config.learning_rate,
             weight_decay=config.weight_decay,
             warmup_steps=0.1,
             lr_scheduler_type="linear",
