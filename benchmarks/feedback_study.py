@@ -104,6 +104,9 @@ ARMS = ("floor", "reference", "tamer", "tamer_no_hhat", "ratings", "ab_active", 
 BUDGETED = ("tamer", "tamer_no_hhat", "ratings", "ab_active", "ab_random")
 """The arms with a person in the loop, run at each person-time budget."""
 
+RM_ARMS = ("ratings", "ab_active", "ab_random")
+"""The arms whose labels train a reward model."""
+
 GOAL_SHARE = 0.9
 """The goal: an arm reaches this share of the reference's gain within the largest budget ..."""
 
@@ -154,6 +157,10 @@ class Study:
     """Reward-model members (the A/B arms' disagreement needs at least 2)."""
     rm_epochs: float = 6.0
     """Passes over the pairs per member (few pairs: more passes than the trainer's default)."""
+    rm_pooling: str = "mean"
+    """How the reward models read MiniLM (``RewardModelConfig.pooling``; ``head``: its [CLS] pooler)."""
+    rm_freeze: bool = True
+    """Train the reward models' head only (``RewardModelConfig.freeze_backbone``): few pairs go further."""
     eval_samples: int = 8
     """Completions of each held-out prompt in the evaluation."""
     max_train_prompts: int = 0
@@ -462,7 +469,8 @@ def train_rm(study: Study, pairs: list[dict[str, Any]], out: Path, seed: int):
     from textenv.plugins.reward_model import RewardModelConfig, train_reward_model
 
     config = RewardModelConfig(backbone=study.backbone, ensemble_size=study.rm_ensemble, epochs=study.rm_epochs,
-                               batch_size=8, eval_fraction=0.0, seed=seed, device="cpu")
+                               pooling=study.rm_pooling, freeze_backbone=study.rm_freeze, batch_size=8,
+                               eval_fraction=0.0, seed=seed, device="cpu")
     return train_reward_model(pairs, out, config, overwrite=True, progress=False).model
 
 
@@ -767,7 +775,7 @@ def run_cells(study: Study, cells: Sequence[Cell], out: Path, log=print) -> list
     for cell in cells:
         path = cell_dir / f"{cell.name}.json"
         if path.exists():
-            if settings_differ(study, json.loads(path.read_text())["study"]):
+            if settings_differ(study, json.loads(path.read_text())["study"], cell.arm):
                 raise SystemExit(f"{path} was made with other settings than {study}: use another --out")
             log(f"{cell.name}: done already ({path})")
             continue
@@ -784,10 +792,17 @@ def run_cells(study: Study, cells: Sequence[Cell], out: Path, log=print) -> list
     return written
 
 
-def settings_differ(study: Study, recorded: dict[str, Any]) -> bool:
-    """Whether a cell was made with other settings (its seed and budget aside: cells differ in those)."""
+RM_SETTINGS = {"backbone": None, "rm_ensemble": None, "rm_epochs": None, "rm_pooling": "head", "rm_freeze": False}
+"""The settings only the reward-model arms depend on, with the value a cell made before the setting
+existed was made with (None: it always existed)."""
+
+
+def settings_differ(study: Study, recorded: dict[str, Any], arm: str) -> bool:
+    """Whether a cell of ``arm`` was made with other settings (its seed and budget aside: cells differ in
+    those; the reward model's aside for an arm without one)."""
     mine = dataclasses.asdict(study)
-    return any(json.dumps(mine[k]) != json.dumps(recorded.get(k)) for k in mine if k not in ("seeds", "budgets"))
+    skip = {"seeds", "budgets"} | (set() if arm in RM_ARMS else set(RM_SETTINGS))
+    return any(json.dumps(mine[k]) != json.dumps(recorded.get(k, RM_SETTINGS.get(k))) for k in mine if k not in skip)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -807,7 +822,7 @@ def load_cells(study: Study, out: Path, log=print) -> dict[tuple[str, float, int
     cells, other = {}, []
     for path in sorted((out / "cells").glob("*.json")):
         r = json.loads(path.read_text())
-        if settings_differ(study, r["study"]):
+        if settings_differ(study, r["study"], r["arm"]):
             other.append(path.name)
             continue
         cells[r["arm"], float(r["budget"]), int(r["seed"])] = r
@@ -973,6 +988,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=None, help="PPO iterations per cell")
     parser.add_argument("--budgets", default=None, help="person-minutes, comma-separated")
     parser.add_argument("--time-scale", type=float, default=None)
+    parser.add_argument("--rm-pooling", choices=["mean", "head"], default=None,
+                        help="how the reward models read MiniLM (default mean; head: its [CLS] pooler)")
+    parser.add_argument("--rm-finetune", action="store_true",
+                        help="train the reward models' backbone too (default: the head alone)")
     parser.add_argument("--out", default="runs/feedback_study")
     return parser.parse_args(argv)
 
@@ -990,6 +1009,10 @@ def study_from_args(args: argparse.Namespace) -> tuple[Study, Path]:
         changes["seeds"] = tuple(int(s) for s in args.seeds.split(","))
     if args.time_scale:
         changes["time_scale"] = args.time_scale
+    if args.rm_pooling:
+        changes["rm_pooling"] = args.rm_pooling
+    if args.rm_finetune:
+        changes["rm_freeze"] = False
     out = Path(args.out) / ("quick" if args.quick else "")
     return dataclasses.replace(study, **changes), out
 

@@ -95,3 +95,16 @@ def test_the_simulated_person_answers_by_the_critic_with_its_noise(study_module)
     assert key in ("b", "s", "a") and 12 / 4 + 0.3 <= seconds <= 12 / 4 + 1.5
     answers = [judge.compare("A terrible, awful mess.", "A great joy.", 12)[0] for _ in range(400)]
     assert answers.count("b") > 0.8 * 400 and answers.count("t") == 0
+
+
+def test_reward_model_settings_matter_to_the_reward_model_arms_only(study_module):
+    import dataclasses
+
+    study = study_module.Study()
+    # a cell from before the reward models' pooling and freezing were settings: fine-tuned [CLS] models
+    old = {k: v for k, v in dataclasses.asdict(study).items() if k not in ("rm_pooling", "rm_freeze")}
+    assert study_module.settings_differ(study, old, "ratings")
+    assert not study_module.settings_differ(dataclasses.replace(study, rm_pooling="head", rm_freeze=False), old,
+                                            "ab_active")
+    assert not study_module.settings_differ(study, old, "floor")  # no reward model: nothing it depends on changed
+    assert study_module.settings_differ(study, {**old, "iterations": 3}, "floor")
