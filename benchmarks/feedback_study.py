@@ -157,10 +157,11 @@ class Study:
     """Reward-model members (the A/B arms' disagreement needs at least 2)."""
     rm_epochs: float = 6.0
     """Passes over the pairs per member (few pairs: more passes than the trainer's default)."""
-    rm_pooling: str = "mean"
-    """How the reward models read MiniLM (``RewardModelConfig.pooling``; ``head``: its [CLS] pooler)."""
-    rm_freeze: bool = True
-    """Train the reward models' head only (``RewardModelConfig.freeze_backbone``): few pairs go further."""
+    rm_pooling: str = "head"
+    """How the reward models read MiniLM (``RewardModelConfig.pooling``): ``head``, its [CLS] pooler
+    (how the study's cells were made, before the library's default became ``mean``), or ``mean``."""
+    rm_freeze: bool = False
+    """Train the reward models' head only (``RewardModelConfig.freeze_backbone``)."""
     eval_samples: int = 8
     """Completions of each held-out prompt in the evaluation."""
     max_train_prompts: int = 0
@@ -989,9 +990,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budgets", default=None, help="person-minutes, comma-separated")
     parser.add_argument("--time-scale", type=float, default=None)
     parser.add_argument("--rm-pooling", choices=["mean", "head"], default=None,
-                        help="how the reward models read MiniLM (default mean; head: its [CLS] pooler)")
-    parser.add_argument("--rm-finetune", action="store_true",
-                        help="train the reward models' backbone too (default: the head alone)")
+                        help="how the reward models read MiniLM (default head: its [CLS] pooler)")
+    parser.add_argument("--rm-freeze", action="store_true",
+                        help="train the reward models' head only (default: the whole model)")
     parser.add_argument("--out", default="runs/feedback_study")
     return parser.parse_args(argv)
 
@@ -1011,8 +1012,8 @@ def study_from_args(args: argparse.Namespace) -> tuple[Study, Path]:
         changes["time_scale"] = args.time_scale
     if args.rm_pooling:
         changes["rm_pooling"] = args.rm_pooling
-    if args.rm_finetune:
-        changes["rm_freeze"] = False
+    if args.rm_freeze:
+        changes["rm_freeze"] = True
     out = Path(args.out) / ("quick" if args.quick else "")
     return dataclasses.replace(study, **changes), out
 

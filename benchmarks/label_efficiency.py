@@ -13,18 +13,23 @@ The feedback study (``feedback_study.py``) can afford only the comparisons 15 pe
   the higher compound wins, a tie under 0.05, 10 % skipped, 5 % the other one; a rating is
   ``round(3 + 2 × compound)``), drawn directly rather than through the terminal session, whose
   handling the study's cells already exercise;
-* the study's reward model (``Study``'s settings: a 3-member MiniLM ensemble, mean-pooled, head
-  only), retrained on all labels so far at each step of ``--steps``;
+* the study's reward model (a 3-member MiniLM ensemble, 6 epochs), read through its [CLS] pooler
+  and fine-tuned whole (the study's cells), or mean-pooled (``--rm-pooling mean``, the library's
+  default now), with its head trained alone (``--rm-freeze``); retrained on all labels so far at
+  each step of ``--steps``;
 * ``active``: the first step's pairs random, each later step's the new pairs the current ensemble
   disagrees on most (``feedback_study.active_pairs``: one per opening first); ``random``: random
   same-prompt pairs; ``ratings``: completions rated opening by opening (openings shuffled), and
   the pairs they imply within an opening (different ratings), as the study's ratings arm.
 
-Each (arm, seed) writes ``<out>/<arm>-seed<s>.json`` when it ends; a rerun skips those. Person-minutes
+Each (arm, reward model, seed) writes ``<out>/<arm>-<reward model>-seed<s>.json`` when it ends; a
+rerun skips those. Person-minutes
 are counted as the study counts them (reading at 4 tokens/s plus a decision delay). Run
 (``taskset -c 0 env OMP_NUM_THREADS=1`` on a shared machine; about 4 minutes per arm and seed)::
 
-    .venv/bin/python benchmarks/label_efficiency.py
+    .venv/bin/python benchmarks/label_efficiency.py --rm-pooling mean --rm-freeze
+    .venv/bin/python benchmarks/label_efficiency.py --arms random --seeds 0 --rm-pooling mean
+    .venv/bin/python benchmarks/label_efficiency.py --arms random --seeds 0
     .venv/bin/python benchmarks/label_efficiency.py --report
 """
 
@@ -44,6 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import feedback_study as fs  # noqa: E402  (the study's person, pools and reward models)
 
 ARMS = ("active", "random", "ratings")
+
+
+def rm_name(study: fs.Study) -> str:
+    """The reward model's settings in a file name: ``head``, ``mean`` or ``mean-frozen``."""
+    return study.rm_pooling + ("-frozen" if study.rm_freeze else "")
 
 
 def judged_pair(judge: fs.EpisodeJudge, a: fs.Sample, b: fs.Sample) -> tuple[Any | None, float]:
@@ -115,7 +125,7 @@ def run(study: fs.Study, arms: list[str], seeds: list[int], steps: dict[str, lis
     """Every (arm, seed) not yet in ``out``."""
     train_prompts, held_out_prompts = fs.split_prompts(study)
     for seed in seeds:
-        todo = [a for a in arms if not (out / f"{a}-seed{seed}.json").exists()]
+        todo = [a for a in arms if not (out / f"{a}-{rm_name(study)}-seed{seed}.json").exists()]
         if not todo:
             continue
         cache = out / "work" / f"pool-{study.model}-{{}}x{study.per_prompt}-seed{seed}.json"
@@ -125,32 +135,31 @@ def run(study: fs.Study, arms: list[str], seeds: list[int], steps: dict[str, lis
         log(f"seed {seed}: {len(pool)} completions to label, {len(held_out)} held-out pairs")
         for arm in todo:
             start = time.perf_counter()
-            work = out / "work" / f"rm-{arm}-seed{seed}"
+            work = out / "work" / f"rm-{arm}-{rm_name(study)}-seed{seed}"
             curve = (ratings_curve(study, pool, held_out, steps[arm], seed, work, log) if arm == "ratings"
                      else ab_curve(study, arm, pool, held_out, steps[arm], seed, work, log))
-            result = {"arm": arm, "seed": seed, "curve": curve, "held_out_pairs": len(held_out),
-                      "seconds": round(time.perf_counter() - start, 1), "commit": fs.git_commit(),
-                      "study": dataclasses.asdict(study)}
-            fs.atomic_write(out / f"{arm}-seed{seed}.json", json.dumps(result, indent=1) + "\n")
+            result = {"arm": arm, "reward_model": rm_name(study), "seed": seed, "curve": curve,
+                      "held_out_pairs": len(held_out), "seconds": round(time.perf_counter() - start, 1),
+                      "commit": fs.git_commit(), "study": dataclasses.asdict(study)}
+            fs.atomic_write(out / f"{arm}-{rm_name(study)}-seed{seed}.json", json.dumps(result, indent=1) + "\n")
 
 
 def report(out: Path, log) -> str:
-    """Accuracy per step, mean ± sd over seeds, per arm (one markdown table)."""
-    by_arm: dict[str, list[dict[str, Any]]] = {}
+    """Accuracy per step, mean ± sd over seeds, per arm and reward model (one markdown table)."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted(out.glob("*-seed*.json")):
         r = json.loads(path.read_text())
-        by_arm.setdefault(r["arm"], []).append(r)
-    lines = ["| arm | labels | pairs | person-min | held-out accuracy (mean ± sd) | seeds |",
-             "|---|---:|---:|---:|---|---:|"]
-    for arm in ARMS:
-        runs = by_arm.get(arm, [])
-        for k in range(max((len(r["curve"]) for r in runs), default=0)):
-            points = [r["curve"][k] for r in runs if len(r["curve"]) > k]
+        runs.setdefault((r["arm"], r["reward_model"]), []).append(r)
+    lines = ["| arm | reward model | labels | pairs | person-min | held-out accuracy (mean ± sd) | seeds |",
+             "|---|---|---:|---:|---:|---|---:|"]
+    for (arm, rm), found in sorted(runs.items(), key=lambda kv: (ARMS.index(kv[0][0]), kv[0][1])):
+        for k in range(max(len(r["curve"]) for r in found)):
+            points = [r["curve"][k] for r in found if len(r["curve"]) > k]
             acc = np.array([p["accuracy"] for p in points])
             sd = f" ± {acc.std(ddof=1):.3f}" if len(acc) > 1 else ""
             pairs, minutes = np.mean([p["pairs"] for p in points]), np.mean([p["person_minutes"] for p in points])
-            lines.append(f"| {arm} | {points[0]['questions']} | {pairs:.0f} | {minutes:.1f} | {acc.mean():.3f}{sd} "
-                         f"| {len(points)} |")
+            lines.append(f"| {arm} | {rm} | {points[0]['questions']} | {pairs:.0f} | {minutes:.1f} | "
+                         f"{acc.mean():.3f}{sd} | {len(points)} |")
     table = "\n".join(lines)
     (out / "table.md").write_text(table + "\n")
     log(table)
@@ -168,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="smollm2-135m", help="the policy (tiny-random for tests)")
     parser.add_argument("--critic", default="vader", choices=["vader", "case"])
     parser.add_argument("--backbone", default=None)
+    parser.add_argument("--rm-pooling", choices=["mean", "head"], default="head",
+                        help="how the reward models read MiniLM (default head: its [CLS] pooler, as in the study)")
+    parser.add_argument("--rm-freeze", action="store_true", help="train the reward models' head only")
     parser.add_argument("--out", default="runs/label_efficiency")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -175,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     if not args.report:
         backbone = args.backbone or ("tiny-random" if args.model == "tiny-random" else fs.Study.backbone)
-        study = fs.Study(model=args.model, critic=args.critic, backbone=backbone, per_prompt=args.per_prompt)
+        study = fs.Study(model=args.model, critic=args.critic, backbone=backbone, per_prompt=args.per_prompt,
+                         rm_pooling=args.rm_pooling, rm_freeze=args.rm_freeze)
         steps = {"active": [int(s) for s in args.steps.split(",")], "random": [int(s) for s in args.steps.split(",")],
                  "ratings": [int(s) for s in args.rating_steps.split(",")]}
         run(study, [a for a in args.arms.split(",") if a], [int(s) for s in args.seeds.split(",")], steps, out, log)

@@ -12,14 +12,14 @@ def test_each_arm_writes_its_curve_and_a_rerun_only_reports(tmp_path, capsys):
     argv = ["--model", "tiny-random", "--critic", "case", "--per-prompt", "2", "--seeds", "0", "--steps", "6,12",
             "--rating-steps", "12,24", "--out", str(tmp_path)]
     assert module.main(argv) == 0
-    curves = {arm: json.loads((tmp_path / f"{arm}-seed0.json").read_text())["curve"] for arm in module.ARMS}
+    curves = {arm: json.loads((tmp_path / f"{arm}-head-seed0.json").read_text())["curve"] for arm in module.ARMS}
     for arm in ("active", "random"):  # questions asked as planned; a tie or a skip gives no pair
         assert [p["questions"] for p in curves[arm]] == [6, 12]
         assert all(p["pairs"] <= p["questions"] and 0 <= p["accuracy"] <= 1 for p in curves[arm])
     assert [p["questions"] for p in curves["ratings"]] == [12, 24]
     assert curves["ratings"][0]["person_minutes"] < curves["ratings"][1]["person_minutes"]
     table = (tmp_path / "table.md").read_text()
-    assert "| active | 12 |" in table and "| ratings | 24 |" in table
+    assert "| active | head | 12 |" in table and "| ratings | head | 24 |" in table
 
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*-seed0.json")}
     capsys.readouterr()
