@@ -29,7 +29,7 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
-from textenv.agents import checkpoint, lora, processes, run_definition
+from textenv.agents import checkpoint, lora, run_definition
 from textenv.agents.checkpoint import STATE_FILE, CheckpointError
 from textenv.agents.policy import ActorCritic, frozen_copy
 from textenv.agents.ppo_config import PPOConfig
@@ -51,6 +51,7 @@ from textenv.agents.run_log import RunLog, plot_reward_curve
 from textenv.devices import (
     autocast,
     keep_freed_cpu_memory,
+    launched_processes,
     resolve_device,
     store_linear_weights_in_bf16,
     use_bf16,
@@ -936,7 +937,7 @@ class PPO:
             config_options = {**state["config"], **overrides}
         except (KeyError, TypeError):
             raise checkpoint.CheckpointError(f"{path / STATE_FILE}: holds no run definition and config") from None
-        written_by, running = int(state.get("num_processes", 1)), processes.launched_processes()
+        written_by, running = int(state.get("num_processes", 1)), launched_processes()
         if written_by != running:  # each process continues its own random streams: the same number of them
             raise checkpoint.CheckpointError(
                 f"{path} was written by a run of {written_by} process(es) and this one has {running}: resume it "

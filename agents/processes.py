@@ -45,11 +45,6 @@ def unsupported_launch() -> str | None:
     return None
 
 
-def launched_processes() -> int:
-    """How many processes the launcher started (1 when not launched)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def is_main_process() -> bool:
     """Whether this is the main process of the launch (rank 0), or the only one; known before any model loads."""
     return os.environ.get("RANK", "0") == "0"

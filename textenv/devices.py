@@ -9,11 +9,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
+
+
+def launched_processes() -> int:
+    """How many processes a launcher (``accelerate launch``, ``torchrun``) started: 1 when not launched."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def default_device() -> torch.device:

@@ -50,6 +50,8 @@ from typing import Any, ClassVar
 import numpy as np
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
+from textenv.devices import launched_processes
+
 CONTEXT_ARGS = ("prompts", "completions", "completion_ids", "terminated", "tokens")
 TERM_OPTIONS = ("weight", "normalize", "clip", "timeout")
 TIMEOUT_ENV = "TEXTENV_REWARD_TIMEOUT"
@@ -568,7 +570,7 @@ class RewardPipeline:
                 source = function_source(term_spec.fn, term_spec.name)
             else:
                 source = pm.get_reward_source(term_spec.name)
-            processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by accelerate launch and torchrun
+            processes = launched_processes()
             if source.interactive and processes > 1:
                 raise RewardError(f"reward source {term_spec.name!r} talks to one person at one terminal, so it "
                                   f"runs in one process, and this launch started {processes} (WORLD_SIZE): "
