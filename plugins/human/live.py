@@ -86,7 +86,7 @@ class HumanFeedbackSource:
         self.reader = KeyReader(tty_path=options.tty)  # raises TerminalError if there is no terminal
         self.store = FeedbackStore(options.db)
         self.session_id = self.store.start_session(mode, **asdict(options))
-        self.hhat = self._load_hhat()
+        self.hhat = load_hhat(options.hhat_path, self.store)
         self.feedback = TokenFeedback(self.store, self.session_id, config=self.config, reader=self.reader)
         # transformers' bars ("Writing model shards" at each checkpoint, "Loading weights") would print into
         # the stream the person is reading; they are off while the session lasts
@@ -102,9 +102,6 @@ class HumanFeedbackSource:
         self.hhat_judged = 0
         """Pressed tokens Ĥ was judged on."""
         atexit.register(self.close)
-
-    def _load_hhat(self) -> HumanRewardModel:
-        return load_hhat(self.options.hhat_path, self.store)
 
     @property
     def quit(self) -> bool:
