@@ -22,14 +22,15 @@ The feedback study (``feedback_study.py``) can afford only the comparisons 15 pe
   same-prompt pairs; ``ratings``: completions rated opening by opening (openings shuffled), and
   the pairs they imply within an opening (different ratings), as the study's ratings arm.
 
-Each (arm, reward model, seed) writes ``<out>/<arm>-<reward model>-seed<s>.json`` when it ends; a
-rerun skips those. Person-minutes
-are counted as the study counts them (reading at 4 tokens/s plus a decision delay). Run
-(``taskset -c 0 env OMP_NUM_THREADS=1`` on a shared machine; about 4 minutes per arm and seed)::
+Each (arm, reward model, seed) writes ``<out>/<arm>-<reward model>-seed<s>.json`` when it ends;
+a rerun skips those. Person-minutes are counted as the study counts them (reading at 4 tokens/s
+plus a decision delay). Run (``taskset -c 1 env OMP_NUM_THREADS=1`` on a shared machine; an arm
+and seed takes about 5 minutes with ``--rm-freeze``, 11 fine-tuning the whole model)::
 
-    .venv/bin/python benchmarks/label_efficiency.py --rm-pooling mean --rm-freeze
+    .venv/bin/python benchmarks/label_efficiency.py --seeds 0 --rm-pooling mean --rm-freeze
+    .venv/bin/python benchmarks/label_efficiency.py --arms random,active --seeds 1 --rm-pooling mean --rm-freeze
+    .venv/bin/python benchmarks/label_efficiency.py --arms random --seeds 0,1              # the study's model
     .venv/bin/python benchmarks/label_efficiency.py --arms random --seeds 0 --rm-pooling mean
-    .venv/bin/python benchmarks/label_efficiency.py --arms random --seeds 0
     .venv/bin/python benchmarks/label_efficiency.py --report
 """
 

@@ -56,7 +56,9 @@ def textenv_add_commands(subparsers):
         "sentence-transformers backbones",
     )
     p.add_argument(
-        "--freeze-backbone", action="store_true", help="train the scalar head only (for about a hundred pairs or fewer)"
+        "--freeze-backbone",
+        action="store_true",
+        help="train the scalar head only, on the backbone's fixed features (faster; learns less)",
     )
     p.add_argument("--batch-size", type=int, default=defaults.batch_size, help="pairs per step")
     p.add_argument(
