@@ -302,7 +302,7 @@ def test_an_encoder_backbone_from_a_directory_learns_too(tmp_path, byte_tokenize
 
 def test_a_sentence_encoder_is_mean_pooled_and_a_frozen_backbone_trains_its_head_only(tmp_path, byte_tokenizer):
     """A backbone that declares sentence-transformers mean pooling is read by the masked mean of its
-    token states (not its untrained [CLS] pooler); ``freeze_backbone`` moves the head alone."""
+    token states (not its [CLS] pooler); ``freeze_backbone`` moves the head alone."""
     from transformers import BertConfig, BertModel
 
     from textenv.plugins.reward_model.pooling import HEAD_FILENAME, MeanPooledScorer
