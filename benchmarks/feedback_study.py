@@ -22,11 +22,14 @@ Arms (each cell is one arm at one person-time budget and one seed):
   later ones where the ensemble trained on the answers so far disagrees most
   (:func:`~textenv.plugins.human.episodes.select_pairs`); then the reward model → PPO.
 * ``ab_random``: the same with random same-prompt pairs in every round.
+* ``ratings_coin`` (a control): the ratings arm with each pair's order set by a coin instead of
+  the ratings: the same texts, pairs and PPO, no label. What it gains is what any trained reward
+  model rewards, and the share of the other reward-model arms' gains the labels do not explain.
 
 Budgets: the TAMER, rating and A/B arms run at each of ``--budgets`` person-minutes
 (5 and 15). Every PPO run has the same budget: ``--iterations`` × ``--batch-size`` episodes
 (default 8 × 64 = 512, RLOO with groups of 4, PPOConfig's other defaults: the main job's
-settings), chosen so the 27 cells fit about 3.5 hours of one shared CPU core. Measured there
+settings), chosen so the study's 27 cells fit about 3.5 hours of one shared CPU core. Measured there
 (2026-12-06, one core of two shared, ×10): floor 26 s; reference 5.1 min (PPO alone, 30-40 s an
 iteration); ratings 7.5 / 9 min at 5 / 15 person-minutes; A/B 7 / 9.5 min (four reward-model
 trainings of a 3-member MiniLM ensemble each, on up to ~50 pairs). 8 iterations is what fits:
@@ -98,13 +101,16 @@ from typing import Any
 
 import numpy as np
 
-ARMS = ("floor", "reference", "tamer", "tamer_no_hhat", "ratings", "ab_active", "ab_random")
+ARMS = ("floor", "reference", "tamer", "tamer_no_hhat", "ratings", "ab_active", "ab_random", "ratings_coin")
 """Every arm, in the order the study runs them (within a seed)."""
 
-BUDGETED = ("tamer", "tamer_no_hhat", "ratings", "ab_active", "ab_random")
+BUDGETED = ("tamer", "tamer_no_hhat", "ratings", "ab_active", "ab_random", "ratings_coin")
 """The arms with a person in the loop, run at each person-time budget."""
 
-RM_ARMS = ("ratings", "ab_active", "ab_random")
+CONTROLS = ("ratings_coin",)
+"""Arms that test the others and never count for the goal."""
+
+RM_ARMS = ("ratings", "ab_active", "ab_random", "ratings_coin")
 """The arms whose labels train a reward model."""
 
 GOAL_SHARE = 0.9
@@ -196,7 +202,7 @@ class Cell:
 def cells_of(study: Study, arms: Sequence[str], seeds: Sequence[int]) -> list[Cell]:
     """The cells in run order: seed by seed; within one, floor and reference first, then the A/B and
     rating arms, TAMER last (its Ĥ is the part of the library most likely to change between runs)."""
-    order = ["floor", "reference", "ratings", "ab_active", "ab_random", "tamer", "tamer_no_hhat"]
+    order = ["floor", "reference", "ratings", "ab_active", "ab_random", "tamer", "tamer_no_hhat", "ratings_coin"]
     return [Cell(arm, budget, seed) for seed in seeds for arm in order if arm in arms
             for budget in (study.budgets if arm in BUDGETED else (0.0,))]
 
@@ -612,12 +618,15 @@ def run_rm_arm(study: Study, cell: Cell, ctx: dict[str, Any], log) -> dict[str, 
     curve: list[list[float]] = []
     rng = np.random.default_rng(cell.seed + 7)
     with FeedbackStore(db) as store:
-        if cell.arm == "ratings":
+        if cell.arm in ("ratings", "ratings_coin"):
             # prompt by prompt (its completions together, as pairs form within a prompt), prompts shuffled
             groups = rng.permutation(len({s.group for s in pool}))
             order = [i for g in groups for i, s in enumerate(pool) if s.group == g]
             labelled = rate_session(study, store, pool, budget_s, judge, order, cell.seed)
             pairs = store.preference_pairs(include_ratings=True, include_tokens=False)
+            if cell.arm == "ratings_coin":  # the control: the same pairs, in an order the ratings did not set
+                pairs = [p if rng.random() < 0.5 else {**p, "chosen": p["rejected"], "rejected": p["chosen"]}
+                         for p in pairs]
             model = train_rm(study, pairs, work / "rm", cell.seed) if pairs else None
             if model is not None:
                 curve.append([len(pairs), rm_accuracy(model, held_out)])
@@ -732,7 +741,7 @@ class BudgetWatcher:
 
 
 RUNNERS = {"floor": run_floor, "reference": run_reference, "tamer": run_tamer, "tamer_no_hhat": run_tamer,
-           "ratings": run_rm_arm, "ab_active": run_rm_arm, "ab_random": run_rm_arm}
+           "ratings": run_rm_arm, "ab_active": run_rm_arm, "ab_random": run_rm_arm, "ratings_coin": run_rm_arm}
 
 
 # --------------------------------------------------------------------------- running cells
@@ -861,8 +870,8 @@ def table_rows(study: Study, results: dict) -> list[dict[str, Any]]:
             "arm": cell.arm, "budget": cell.budget, "seeds": len(done), "labels": [r["labels"] for r in done],
             "person_minutes": minutes, "mean": mean, "sd": sd, "share": share, "gain": gain, "gain_se": gain_se,
             "kl": float(np.mean([r["kl"] for r in done])) if done else math.nan,
-            "goal": (cell.arm in BUDGETED and len(done) == len(study.seeds) and minutes <= max(study.budgets) + 0.5
-                     and share >= GOAL_SHARE and gain > GOAL_SIGMAS * gain_se),
+            "goal": (cell.arm in BUDGETED and cell.arm not in CONTROLS and len(done) == len(study.seeds)
+                     and minutes <= max(study.budgets) + 0.5 and share >= GOAL_SHARE and gain > GOAL_SIGMAS * gain_se),
         })
     return rows
 
@@ -890,7 +899,8 @@ def markdown_table(study: Study, results: dict) -> str:
                  + ("met by " + ", ".join(f"{r['arm']} at {r['budget']:g} min ({r['share']:.0%}, gain "
                                           f"{r['gain']:+.3f} ± {r['gain_se']:.3f})" for r in met)
                     if met else "not met"))
-    best = max((r for r in rows if r["arm"] in BUDGETED and r["seeds"]), key=lambda r: r["mean"], default=None)
+    best = max((r for r in rows if r["arm"] in BUDGETED and r["arm"] not in CONTROLS and r["seeds"]),
+               key=lambda r: r["mean"], default=None)
     if best is not None and not met:
         lines.append(f"Closest: {best['arm']} at {best['budget']:g} min, {_f(best['share'], '.0%')} of the gain "
                      f"({best['seeds']}/{n} seeds; gain {_f(best['gain'], '+.3f')} "
@@ -939,7 +949,7 @@ def plot(study: Study, results: dict, path: Path) -> Path:
             ax.axhline(r["mean"], color=colour, ls="--", label=f"{arm} ({r['seeds']} seeds)")
             if not math.isnan(r["sd"]):
                 ax.axhspan(r["mean"] - r["sd"], r["mean"] + r["sd"], color=colour, alpha=0.1)
-    for arm, marker in zip(BUDGETED, "osvD^"):
+    for arm, marker in zip(BUDGETED, "osvD^x"):
         points = [r for r in rows if r["arm"] == arm and r["seeds"]]
         if points:
             ax.errorbar([r["person_minutes"] for r in points], [r["mean"] for r in points],

@@ -25,7 +25,8 @@ def test_quick_study_writes_every_cell_then_skips_them_and_reports_the_missing_s
     cells = tmp_path / "quick" / "cells"
     names = sorted(p.stem for p in cells.glob("*.json"))
     assert names == sorted(["floor-seed0", "reference-seed0", "tamer-0.25min-seed0", "tamer_no_hhat-0.25min-seed0",
-                            "ratings-0.25min-seed0", "ab_active-0.25min-seed0", "ab_random-0.25min-seed0"])
+                            "ratings-0.25min-seed0", "ab_active-0.25min-seed0", "ab_random-0.25min-seed0",
+                            "ratings_coin-0.25min-seed0"])
     results = {name: json.loads((cells / f"{name}.json").read_text()) for name in names}
     for name, r in results.items():
         assert -1 <= r["eval_mean"] <= 1 and np.isfinite(r["kl"]), name
@@ -38,6 +39,9 @@ def test_quick_study_writes_every_cell_then_skips_them_and_reports_the_missing_s
         curve = results[name]["rm_accuracy"]  # one held-out accuracy per round, on more pairs each time
         assert curve and all(0 <= acc <= 1 for _, acc in curve)
         assert [n for n, _ in curve] == sorted(n for n, _ in curve)
+    # the control asks the same questions as the ratings arm; only the pairs' order is the coin's
+    coin, rated = results["ratings_coin-0.25min-seed0"], results["ratings-0.25min-seed0"]
+    assert (coin["labels"], coin["pairs"]) == (rated["labels"], rated["pairs"])
     assert results["tamer-0.25min-seed0"]["hhat"]  # the Ĥ commit the TAMER cell used
     out = capsys.readouterr().out
     assert "| floor | 0 | 1/1 |" in out and (tmp_path / "quick" / "feedback_study.png").stat().st_size > 0
