@@ -20,7 +20,8 @@ The feedback study (``feedback_study.py``) can afford only the comparisons 15 pe
 * ``active``: the first step's pairs random, each later step's the new pairs the current ensemble
   disagrees on most (``feedback_study.active_pairs``: one per opening first); ``random``: random
   same-prompt pairs; ``ratings``: completions rated opening by opening (openings shuffled), and
-  the pairs they imply within an opening (different ratings), as the study's ratings arm.
+  the pairs they imply within an opening (different ratings), as the study's ratings arm
+  (``pairs_from_ratings``: without the margin the feedback store gives each such pair).
 
 Each (arm, reward model, seed) writes ``<out>/<arm>-<reward model>-seed<s>.json`` when it ends;
 a rerun skips those. Person-minutes are counted as the study counts them (reading at 4 tokens/s
