@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+from patience import cpu_seconds, wait_for_exit, wait_until
 
 import textenv
 from textenv.envs.text_gen_vector import TextGenVectorEnv
@@ -57,12 +58,17 @@ def _count(db, table: str) -> int:
         con.close()
 
 
-def _wait_for(predicate, timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+def _wait_for(predicate, what: str, *, person=None, child=None, db=None) -> None:
+    """Wait for ``predicate()`` while the session shows progress: text on the person's screen, the child's CPU
+    time, the database's files growing."""
+    signs = []
+    if person is not None:
+        signs.append(lambda: len(person.screen))
+    if child is not None:
+        signs.append(lambda: cpu_seconds(child.pid))
+    if db is not None:
+        signs.append(lambda: [os.path.getsize(p) for p in (f"{db}", f"{db}-wal") if os.path.exists(p)])
+    wait_until(predicate, what=what, progress=signs)
 
 
 def _spawn(args: list[str], slave: int, log) -> subprocess.Popen:
@@ -81,9 +87,9 @@ def test_the_human_source_credits_keys_stores_them_and_hhat_stands_in_for_silenc
                                max_new_tokens=16, autoreset_mode="Disabled")
         for seed in range(2):
             episodes = generate_episodes(model, env, seed=seed)
-        _wait_for(lambda: not person.pending, what="the last reactions")
+        _wait_for(lambda: not person.pending, what="the last reactions", person=person)
         assert person.presses > 5
-        _wait_for(lambda: _count(db, "keypresses") == person.presses, what="every key sent to be stored")
+        _wait_for(lambda: _count(db, "keypresses") == person.presses, what="every key sent to be stored", db=db)
         mask = episodes.completion_mask.bool()
         assert episodes.token_rewards[mask].abs().sum() > 0  # per-token credit reached the agent
         assert np.isclose(episodes.rewards, episodes.token_rewards.sum(1).double().numpy()).all()
@@ -111,7 +117,8 @@ def test_unknown_keys_get_a_hint_and_help_is_shown(tmp_path):
                                reward=f"human(db='{tmp_path / 'f.db'}', tty='{person.tty_path}', pace=40, linger=0.3)")
         person.type("x?", at=time.time() + 0.3)
         generate_episodes(model, env, seed=0)
-        time.sleep(0.1)
+        # the person's side reads the terminal in its own thread: wait until the help's second copy is read
+        _wait_for(lambda: "".join(person.screen).count("space pause · q quit") >= 2, what="the help", person=person)
         screen = "".join(person.screen)
     assert "key 'x' does nothing here; press ? for help" in screen
     assert screen.count("space pause · q quit") >= 2  # at the top, and again for "?"
@@ -130,14 +137,15 @@ def test_token_labelling_survives_kill_9_with_every_keypress(tmp_path):
              ("+", "+", 1, 1.8), ("2", None, 0, 0), ("\x1b[B", "down", -1, 0.4), ("-", "-", -1, 0.4)]
     try:
         with SimulatedHuman(master_fd=master, judge=False) as person:
-            _wait_for(lambda: "▸" in "".join(person.screen), what="the first streamed completion")
+            _wait_for(lambda: "▸" in "".join(person.screen), what="the first streamed completion", child=child)
             for keys, *_ in typed:
                 person.type(keys)
                 time.sleep(0.05)
             expected = [(name, value, strength) for _, name, value, strength in typed if name]
-            _wait_for(lambda: _count(db, "keypresses") == len(expected), what="the keypresses to be committed")
+            _wait_for(lambda: _count(db, "keypresses") == len(expected), what="the keypresses to be committed",
+                      child=child, db=db)
             child.send_signal(signal.SIGKILL)
-            assert child.wait(timeout=10) == -signal.SIGKILL
+            assert wait_for_exit(child) == -signal.SIGKILL
     finally:
         child.kill()
         os.close(master)
@@ -175,14 +183,16 @@ def test_a_token_batch_killed_midway_keeps_its_presses_creditable_and_exported(t
     try:
         with SimulatedHuman(master_fd=master, judge=False) as person:
             for shown, key in [("[1/3]", "g"), ("[2/3]", "b")]:  # three goods on the first, three bads on the second
-                _wait_for(lambda shown=shown: shown in "".join(person.screen), what=f"completion {shown}")
+                _wait_for(lambda shown=shown: shown in "".join(person.screen), what=f"completion {shown}",
+                          child=child)
                 now = time.time()
                 for delay in (0.2, 0.35, 0.5):
                     person.type(key, at=now + delay)
-            _wait_for(lambda: "[3/3]" in "".join(person.screen), what="the third completion")
-            _wait_for(lambda: _count(db, "keypresses") == 6, what="the six keypresses to be committed")
+            _wait_for(lambda: "[3/3]" in "".join(person.screen), what="the third completion", child=child)
+            _wait_for(lambda: _count(db, "keypresses") == 6, what="the six keypresses to be committed", child=child,
+                      db=db)
             child.send_signal(signal.SIGKILL)  # in the middle of the batch: the third completion is streaming
-            assert child.wait(timeout=10) == -signal.SIGKILL
+            assert wait_for_exit(child) == -signal.SIGKILL
     finally:
         child.kill()
         os.close(master)
@@ -210,13 +220,14 @@ def test_rating_survives_kill_9_and_exports_preferences(tmp_path):
         with SimulatedHuman(master_fd=master, judge=False) as person:
             # (key, questions on screen before it is typed); x is no rating: a hint, and no label
             for answer, asked in [("5", 1), ("x", 2), ("1", 2), ("3", 3)]:
-                _wait_for(lambda asked=asked: "".join(person.screen).count("rate 1-5") >= asked, what="a question")
+                _wait_for(lambda asked=asked: "".join(person.screen).count("rate 1-5") >= asked, what="a question",
+                          child=child)
                 person.type(answer)
                 time.sleep(0.1)
-            _wait_for(lambda: _count(db, "ratings") == 3, what="three ratings")
-            _wait_for(lambda: "".join(person.screen).count("rate 1-5") >= 4, what="the fourth question")
+            _wait_for(lambda: _count(db, "ratings") == 3, what="three ratings", child=child, db=db)
+            _wait_for(lambda: "".join(person.screen).count("rate 1-5") >= 4, what="the fourth question", child=child)
             child.send_signal(signal.SIGKILL)
-            child.wait(timeout=10)
+            wait_for_exit(child)
             assert "does nothing here" in "".join(person.screen)
     finally:
         child.kill()
@@ -243,7 +254,8 @@ def test_training_with_a_simulated_human_at_the_terminal_survives_kill_9(tmp_pat
         child = _spawn([*args, "--iterations", "2"], slave, log)
     os.close(slave)
     with SimulatedHuman(LetterCritic(), behaviour=HumanModel().scaled(20), master_fd=master, seed=2) as person:
-        assert child.wait(timeout=120) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+        assert wait_for_exit(child, progress=[lambda: len(person.screen)]) == 0, \
+            (tmp_path / "stderr.txt").read_text()[-2000:]
     os.close(master)
     assert "training reward by iteration" in "".join(person.screen)
     assert (tmp_path / "feedback.hhat.safetensors").exists()
@@ -256,10 +268,11 @@ def test_training_with_a_simulated_human_at_the_terminal_survives_kill_9(tmp_pat
     os.close(slave)
     try:
         with SimulatedHuman(LetterCritic(), behaviour=HumanModel().scaled(20), master_fd=master, seed=3) as person:
-            _wait_for(lambda: _count(db, "keypresses") >= first + 10, what="keypresses in the second run")
+            _wait_for(lambda: _count(db, "keypresses") >= first + 10, what="keypresses in the second run",
+                      child=child, db=db)
             seen = _count(db, "keypresses")
             child.send_signal(signal.SIGKILL)
-            child.wait(timeout=10)
+            wait_for_exit(child)
     finally:
         child.kill()
         os.close(master)
@@ -312,9 +325,10 @@ def test_comparing_asks_where_a_real_reward_model_ensemble_disagrees(tmp_path):
             for asked, answer in [(1, "a"), (2, "b")]:
                 # once each question is on screen: a key typed earlier answers nothing
                 _wait_for(lambda asked=asked: "".join(person.screen).count("right is better") >= asked,
-                          what="a question")
+                          what="a question", child=child)
                 person.type(answer)
-            assert child.wait(timeout=60) == 0, (tmp_path / "stderr.txt").read_text()
+            assert wait_for_exit(child, progress=[lambda: len(person.screen)]) == 0, \
+                (tmp_path / "stderr.txt").read_text()
     finally:
         child.kill()
         os.close(master)
