@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 
 import textenv
 from textenv.envs import TextGenVectorEnv
@@ -172,6 +173,53 @@ def test_a_failed_batch_leaves_the_statistics_alone(pm):
     assert pipeline.state_dict() == before
     pipeline(**CONTEXT)  # outside the context again: each call updates, as before
     assert pipeline.terms[0].stats.mean == pytest.approx(14.0, rel=1e-3)
+
+
+def test_fresh_statistics_take_the_first_call_of_a_batch_in_before_normalizing(pm):
+    """A term of 1000 + 10*len on fresh statistics (mean 0, variance 1) came out of the first batch nearly raw; now the
+    batch's first call sets the statistics every call of the batch normalizes with, and the exit keeps one update
+    with the whole batch, as before."""
+    source = RewardSource("big", lambda completions: [1000.0 + 10 * len(c) for c in completions])
+    pm.register_plugin(_plugin(source), "big", "test")
+    pipeline = RewardPipeline.from_spec("big(normalize=True)", pm)
+    batches = [dict(CONTEXT, completions=texts) for texts in (["abc", "abcdef"], ["abcdefghij", "abcd"])]
+    with pipeline.one_batch():
+        scored = np.concatenate([pipeline(**batch).terms["big"] for batch in batches])
+    first = RunningMeanStd()
+    first.update(np.array([1030.0, 1060.0]))
+    raw = np.array([1030.0, 1060.0, 1100.0, 1040.0])
+    np.testing.assert_allclose(scored, (raw - first.mean) / np.sqrt(first.var + 1e-8))
+    assert np.abs(scored).max() < 5  # not ~1000
+    whole = RunningMeanStd()
+    whole.update(raw)
+    assert pipeline.state_dict()["big"] == {"mean": whole.mean.tolist(), "var": whole.var.tolist(),
+                                            "count": whole.count}
+
+
+def test_fresh_statistics_of_a_failed_batch_stay_fresh(pm):
+    pm.register_plugin(_plugin(RewardSource("big", lambda completions: [1000.0] * len(completions))), "big", "test")
+    pipeline = RewardPipeline.from_spec("big(normalize=True)", pm)
+    before = pipeline.state_dict()
+    with pytest.raises(KeyboardInterrupt), pipeline.one_batch():
+        pipeline(**CONTEXT)
+        raise KeyboardInterrupt
+    assert pipeline.state_dict() == before
+
+
+def test_fresh_statistics_under_several_processes_end_as_the_whole_batch_s_in_each(pm):
+    """Each process's first call sets its own statistics for its rows; the exit starts again from the fresh ones and
+    takes in every process's values (the gather), so the statistics kept are the same in every process."""
+    source = RewardSource("big", lambda completions: [1000.0 + 10 * len(c) for c in completions])
+    pm.register_plugin(_plugin(source), "big", "test")
+    other_process = np.array([1200.0, 1300.0])
+    pipeline = RewardPipeline.from_spec("big(normalize=True)", pm)
+    with pipeline.one_batch(gather=lambda values: np.concatenate([values, other_process])):
+        pipeline(**dict(CONTEXT, completions=["abc", "abcdef"]))
+    whole = RunningMeanStd()
+    whole.update(np.array([1030.0, 1060.0, 1200.0, 1300.0]))
+    np.testing.assert_allclose([pipeline.terms[0].stats.mean, pipeline.terms[0].stats.var],
+                               [whole.mean, whole.var])
+    assert pipeline.terms[0].stats.count == whole.count
 
 
 def test_a_rollout_normalizes_rows_that_end_at_different_steps_with_one_set_of_statistics(pm, byte_tokenizer):

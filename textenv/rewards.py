@@ -24,7 +24,8 @@ The pipeline calls every source of a spec once per batch, checks what each retur
 (its type and shape, count, NaN/inf, magnitude, exceptions: each error names the source and
 the offending item), applies per-term running normalization, clipping and weights, and keeps
 every term by name. Inside :meth:`RewardPipeline.one_batch` every call normalizes with the same
-statistics, which take the whole batch in at the end.
+statistics, which take the whole batch in at the end (fresh statistics take the batch's first values in
+first).
 
 A source may be given a deadline per call (``sentiment(timeout=5)``, or the pipeline's default,
 see :class:`RewardPipeline`): past it, :class:`RewardTimeout` names the source. A Ctrl-C during
@@ -36,6 +37,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import contextvars
+import copy
 import inspect
 import math
 import os
@@ -61,9 +63,7 @@ given none); unset or empty: no timeout."""
 MAX_ABS_REWARD = 1e6
 """The largest magnitude a term's value may have once weighted, normalized and clipped (what enters the PPO
 loss). Past it the squared value loss and the advantages lose all precision and soon overflow float32, so the
-pipeline refuses it naming the source, rather than letting training stop later on "the loss is nan". (Inside
-:meth:`RewardPipeline.one_batch` a normalized term's first batch meets the initial statistics, mean 0 and
-variance 1, so a raw scale past the bound needs a weight there too.)"""
+pipeline refuses it naming the source, rather than letting training stop later on "the loss is nan"."""
 
 
 class RewardError(ValueError):
@@ -505,8 +505,7 @@ class RewardPipeline:
             raise RewardError("a reward pipeline needs at least one term")
         self.terms = terms
         self.timeout = default_timeout(timeout)
-        # Inside one_batch(): each normalized term's raw values, folded into its statistics on exit.
-        self._pending: dict[str, list[np.ndarray]] | None = None
+        self._pending: _OpenBatch | None = None  # inside one_batch()
 
     @contextlib.contextmanager
     def one_batch(self, gather: Callable[[np.ndarray], np.ndarray] | None = None) -> Iterator[RewardPipeline]:
@@ -517,6 +516,14 @@ class RewardPipeline:
         episodes would be normalized with older statistics than long ones. Inside it, every
         call normalizes with the statistics as of entry and keeps the raw values; on exit the
         statistics take them all in one update, as one call with the whole batch would.
+
+        Fresh statistics (a term that has seen no value yet: mean 0, variance 1) would pass a
+        first batch through nearly raw, so the batch's first call with values of such a term
+        takes them in first (update, then normalize, as PPO's reward normalization does) and
+        every later call of the batch uses those statistics. On exit the statistics start again
+        from fresh and take in the whole batch, so they end the same as without that first step
+        (and, with ``gather``, the same in every process, though each process's first batch was
+        normalized with its own first values).
 
         A nested entry joins the outer batch. If the block raises, the kept values are
         dropped: a failed batch does not move the statistics.
@@ -535,15 +542,18 @@ class RewardPipeline:
         if self._pending is not None:
             yield self
             return
-        self._pending = {t.key: [] for t in self.terms if t.spec.normalize}
+        self._pending = _OpenBatch({t.key: [] for t in self.terms if t.spec.normalize})
         try:
             yield self
         finally:
             pending, self._pending = self._pending, None
+            for term in self.terms:  # the fresh statistics a first call moved, raised or not
+                if term.key in pending.entry:
+                    term.stats = pending.entry[term.key]
         for term in self.terms:  # reached only when the block did not raise
-            if term.key not in pending:
+            if term.key not in pending.values:
                 continue
-            values = np.concatenate(pending[term.key]) if pending[term.key] else np.zeros(0)
+            values = np.concatenate(pending.values[term.key]) if pending.values[term.key] else np.zeros(0)
             if gather is not None:
                 values = gather(values)
             if len(values):
@@ -668,15 +678,35 @@ class RewardPipeline:
                 t.stats.count = float(state[t.key]["count"])
 
 
-def _normalize_clip(
-    term: RewardTerm, values: np.ndarray, pending: dict[str, list[np.ndarray]] | None
-) -> np.ndarray:
-    """Normalize (when the term asks) and clip; ``pending`` keeps the raw values instead of updating the statistics."""
+@dataclass
+class _OpenBatch:
+    """What :meth:`RewardPipeline.one_batch` keeps until its exit.
+
+    Attributes:
+        values: each normalized term's raw values so far, by key.
+        entry: the fresh statistics of the terms whose first call took its values in, restored on exit.
+    """
+
+    values: dict[str, list[np.ndarray]]
+    entry: dict[str, RunningMeanStd] = field(default_factory=dict)
+
+
+def _is_fresh(stats: RunningMeanStd) -> bool:
+    """Whether the statistics have taken in no value yet (their count is the initial epsilon, below 1)."""
+    return stats.count < 1
+
+
+def _normalize_clip(term: RewardTerm, values: np.ndarray, pending: _OpenBatch | None) -> np.ndarray:
+    """Normalize (when the term asks) and clip; ``pending`` keeps the raw values instead of updating the statistics
+    (but for a first call on fresh statistics, see :meth:`RewardPipeline.one_batch`)."""
     if term.spec.normalize and len(values):
         if pending is None:
             term.stats.update(values)
         else:
-            pending[term.key].append(values)
+            if _is_fresh(term.stats) and term.key not in pending.entry:
+                pending.entry[term.key] = copy.deepcopy(term.stats)
+                term.stats.update(values)
+            pending.values[term.key].append(values)
         values = (values - term.stats.mean) / np.sqrt(term.stats.var + 1e-8)
     if term.spec.clip is not None:
         values = np.clip(values, -term.spec.clip, term.spec.clip)
