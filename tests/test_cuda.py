@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from benchmark_module import load_benchmark
+from patience import run
 
 from textenv.devices import autocast, use_bf16
 from textenv.envs import TextGenVectorEnv
@@ -74,8 +75,7 @@ def test_the_floor_and_mfu_arithmetic():
 @pytest.mark.skipif(HAS_CUDA, reason="with CUDA the script runs the full check, not its CPU side")
 def test_gpu_check_says_it_found_no_gpu_and_runs_its_cpu_side():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], capture_output=True,
-                          text=True, timeout=300, env=env, cwd=ROOT)
+    done = run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py")], env=env, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "found no NVIDIA GPU" in done.stdout
     assert "growing cache" in done.stdout and "static  cache" in done.stdout and "PPO step" in done.stdout

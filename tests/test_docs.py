@@ -33,10 +33,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import patience
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -244,7 +244,7 @@ class Runner:
         return [*argv, *extra]
 
     def check(self, block: Block, shown: str, argv: list[str]) -> None:
-        result = subprocess.run(argv, cwd=self.cwd, env=self.env(), capture_output=True, text=True, timeout=600)
+        result = patience.run(argv, cwd=self.cwd, env=self.env())
         assert result.returncode == 0, (
             f"{block} exited {result.returncode}\n--- ran\n{shown}\n--- stdout\n{result.stdout[-3000:]}"
             f"\n--- stderr\n{result.stderr[-5000:]}"
@@ -264,9 +264,8 @@ class Runner:
         os.close(slave)
         try:
             with SimulatedHuman(behaviour=HumanModel().scaled(20), master_fd=master, seed=0) as person:
-                deadline = time.time() + 600
-                while child.poll() is None and time.time() < deadline:
-                    time.sleep(0.1)
+                patience.wait_for_exit(child, what=f"{block} to finish",
+                                       progress=[lambda: len(person.screen), lambda: log.stat().st_size])
                 screen = "".join(person.screen)
         finally:
             child.kill()
@@ -329,7 +328,7 @@ def test_shell_comments_and_continuations_are_read_as_bash_does():
 
 def test_cli_reference_matches_the_commands():
     script = DOCS / "scripts" / "cli_reference.py"
-    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=300)
+    result = patience.run([sys.executable, str(script), "--check"])
     assert result.returncode == 0, result.stdout + result.stderr
 
 

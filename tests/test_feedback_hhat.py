@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from benchmark_module import load_benchmark
+from patience import wait_until
 
 from textenv.plugins.human.credit import UniformDelay, credit_keypresses, hidden_times
 from textenv.plugins.human.hhat import HHatConfig, HumanRewardModel, token_windows
@@ -195,7 +196,6 @@ def _agreement_benchmark():
 
 def test_token_judgements_are_the_words_the_simulated_person_reacts_to():
     import os
-    import time
 
     from textenv.plugins.human.simulated import SimulatedHuman, VaderCritic, token_judgements
 
@@ -209,9 +209,8 @@ def test_token_judgements_are_the_words_the_simulated_person_reacts_to():
         terminal = os.open(person.tty_path, os.O_WRONLY | os.O_NOCTTY)  # the display's side of the pty
         os.write(terminal, f"▸{''.join(tokens)}◂".encode())
         os.close(terminal)
-        deadline = time.time() + 10
-        while len(person.judgements) < 3 and time.time() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: len(person.judgements) >= 3, what="the person's judgements",
+                   progress=[lambda: len(person.judgements)])
     words = [(what, score) for what, score in person.judgements if " " not in what]
     assert words == [("great", 0.775), ("horrible", -0.625)]
 

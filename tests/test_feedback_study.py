@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from benchmark_module import load_benchmark
+from patience import run, wait_for_exit
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +79,12 @@ def test_a_killed_run_loses_only_the_cell_in_flight(tmp_path):
         if "reference-seed0: running" in line:  # the floor cell is written, the reference is starting
             child.send_signal(signal.SIGKILL)
             break
-    child.wait(timeout=60)
+    wait_for_exit(child)
     cells = tmp_path / "quick" / "cells"
     assert sorted(p.name for p in cells.iterdir()) == ["floor-seed0.json"]  # no half-written reference
     floor = (cells / "floor-seed0.json").stat().st_mtime_ns
 
-    rerun = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
+    rerun = run(argv, env=env)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "floor-seed0: done already" in rerun.stdout and "reference-seed0: running" in rerun.stdout
     assert sorted(p.name for p in cells.iterdir()) == ["floor-seed0.json", "reference-seed0.json"]
