@@ -17,12 +17,21 @@ def repetition(
         n: the n-gram size.
         unit: ``"tokens"`` or ``"words"``.
     """
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    if unit not in ("tokens", "words"):
-        raise ValueError(f"unit must be 'tokens' or 'words', got {unit!r}")
+    check_options(n=n, unit=unit)
     seqs = completion_ids if unit == "tokens" else [t.lower().split() for t in completions]
     return [-_repeated_share(list(seq), n) for seq in seqs]
+
+
+def check_options(*, n: int = 3, unit: str = "tokens") -> None:
+    """Refuse an ``n`` that is not a whole number >= 1 or a ``unit`` other than tokens and words.
+
+    Raises:
+        ValueError: the option and its value.
+    """
+    if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+        raise ValueError(f"n= must be a whole number >= 1, got {n!r}")
+    if unit not in ("tokens", "words"):
+        raise ValueError(f"unit= must be 'tokens' or 'words', got {unit!r}")
 
 
 def _repeated_share(seq: list, n: int) -> float:
@@ -34,4 +43,4 @@ def _repeated_share(seq: list, n: int) -> float:
 
 @hookimpl
 def textenv_reward_sources():
-    return [RewardSource("repetition", repetition)]
+    return [RewardSource("repetition", repetition, check_options=check_options)]

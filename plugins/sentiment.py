@@ -21,7 +21,7 @@ def _analyzer():
 def _sign(target: str) -> float:
     """+1 for target=positive, -1 for negative."""
     if target not in ("positive", "negative"):
-        raise ValueError(f"target must be 'positive' or 'negative', got {target!r}")
+        raise ValueError(f"target= must be 'positive' or 'negative', got {target!r}")
     return 1.0 if target == "positive" else -1.0
 
 
@@ -48,6 +48,12 @@ def sentiment_dense(tokens: list[list[str]], *, target: str = "positive") -> lis
     return rewards
 
 
+def check_options(*, target: str = "positive") -> None:
+    """Refuse a ``target`` other than positive and negative (``ValueError``)."""
+    _sign(target)
+
+
 @hookimpl
 def textenv_reward_sources():
-    return [RewardSource("sentiment", sentiment), RewardSource("sentiment_dense", sentiment_dense)]
+    return [RewardSource("sentiment", sentiment, check_options=check_options),
+            RewardSource("sentiment_dense", sentiment_dense, check_options=check_options)]

@@ -98,8 +98,8 @@ def test_clip_is_a_number_or_none(spec, clip):
     ("a(clip=-1)", "'a': clip= must be a number >= 0 .*, got -1"),
     ({"a": {"clip": "abc"}}, "'a': clip= must be a number >= 0 .*, got 'abc'"),
     ({"a": {"clip": [1]}}, r"'a': clip= must be a number >= 0 .*, got \[1\]"),
-    ("a(weight=abc)", "'a': weight= must be a number, got 'abc'"),
-    ({"a": {"weight": "nan"}}, "'a': weight= must be a number, got 'nan'"),
+    ("a(weight=abc)", "'a': weight= must be a finite number, got 'abc'"),
+    ({"a": {"weight": "nan"}}, "'a': weight= must be a finite number, got 'nan'"),
 ])
 def test_bad_normalize_or_clip_names_the_term(spec, message):
     with pytest.raises(RewardError, match=message):
@@ -317,3 +317,28 @@ def test_the_same_source_twice_gets_two_keys(pm):
 def test_an_empty_batch_scores_to_nothing(pm):
     batch = RewardPipeline.from_spec("sentiment + length", pm)([], [], [], [])
     assert batch.total.shape == (0,) and batch.terms["length"].shape == (0,)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("1e400*length", r"reward term 'length': the weight 1e400 is not a finite number"),
+    ("sentiment - 1e400*length(target=3)", r"reward term 'length': the weight 1e400 is not a finite number"),
+    ({"length": float("1e400")}, r"reward term 'length': weight= must be a finite number, got inf"),
+    ("length(weight=1e400)", r"reward term 'length': weight= must be a finite number, got inf"),
+])
+def test_an_infinite_weight_is_refused_when_the_spec_is_read(spec, message):
+    with pytest.raises(RewardError, match=message):
+        parse_reward_spec(spec)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("length(target=-1)", r"reward term 'length': target= must be a number > 0, got -1"),
+    ("length(target=0)", r"reward term 'length': target= must be a number > 0, got 0"),
+    ("length(target=abc)", r"reward term 'length': target= must be a number > 0, got 'abc'"),
+    ("length(unit=chars)", r"reward term 'length': unit= must be 'tokens' or 'words', got 'chars'"),
+    ("repetition(n=0)", r"reward term 'repetition': n= must be a whole number >= 1, got 0"),
+    ("sentiment_dense(target=happy)", r"reward term 'sentiment_dense': target= must be 'positive' or 'negative', "
+                                      r"got 'happy'"),
+])
+def test_a_bad_option_of_a_builtin_source_is_refused_when_the_pipeline_is_built(pm, spec, message):
+    with pytest.raises(RewardError, match=message):
+        RewardPipeline.from_spec(spec, pm)

@@ -23,6 +23,7 @@ reward-source error says when autoload is off or plugins are blocked.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.metadata
 import os
@@ -319,9 +320,7 @@ def entry_point_plugin_name(ep: importlib.metadata.EntryPoint) -> str:
 
 
 def _with_origin(source: RewardSource, origin: str) -> RewardSource:
-    if source.origin:
-        return source
-    return RewardSource(source.name, source.fn, source.description, origin)
+    return source if source.origin else dataclasses.replace(source, origin=origin)
 
 
 def make_plugin_manager(

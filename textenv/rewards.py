@@ -93,12 +93,16 @@ class RewardSource:
             ``fn``'s docstring.
         origin: where the source came from (built-in, entry point, script); the
             plugin manager fills it in.
+        check_options: called with a term's options (``check_options(target=-1)``) when a pipeline
+            is built, so that a bad option is refused before any episode runs; it raises
+            ``ValueError`` (or ``TypeError``) saying what is wrong. None: options are checked at the call.
     """
 
     name: str
     fn: Callable[..., Any]
     description: str = ""
     origin: str = ""
+    check_options: Callable[..., None] | None = None
 
     interactive: ClassVar[bool] = False
     """A source that talks to a person at the terminal (``human``): a trainer then draws no progress bar
@@ -113,7 +117,7 @@ class RewardSource:
         """Return ``call(context)`` that calls ``fn`` with the context it names and the options.
 
         Raises:
-            RewardError: an option the function does not accept.
+            RewardError: an option the function does not accept, or one that ``check_options`` refuses.
         """
         params = inspect.signature(self.fn).parameters
         takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -125,6 +129,11 @@ class RewardSource:
                     f"reward source {self.name!r} has no option {key!r}; "
                     f"its options are: {', '.join(known)}"
                 )
+        if self.check_options is not None:
+            try:
+                self.check_options(**options)
+            except (ValueError, TypeError) as exc:
+                raise RewardError(f"reward term {self.name!r}: {exc}") from None
         wanted = CONTEXT_ARGS if takes_kwargs else [a for a in CONTEXT_ARGS if a in params]
         fn, opts = self.fn, dict(options)
 
@@ -292,7 +301,10 @@ def _parse_term(sign: float, text: str) -> TermSpec:
             f"cannot read reward term {text.strip()!r}: expected NAME, WEIGHT*NAME or NAME(key=value, ...)"
         )
     options = _parse_options(match["args"]) if match["args"] else {}
-    weight = sign * float(match["weight"] or 1.0) * _term_weight(match["name"], options.pop("weight", 1.0))
+    prefix = float(match["weight"] or 1.0)
+    if not math.isfinite(prefix):  # 1e400 reads as inf
+        raise RewardError(f"reward term {match['name']!r}: the weight {match['weight']} is not a finite number")
+    weight = sign * prefix * _term_weight(match["name"], options.pop("weight", 1.0))
     return TermSpec(
         name=match["name"],
         weight=weight,
@@ -355,7 +367,7 @@ def _term_from_mapping(name: str | Callable[..., Any], value: Any) -> TermSpec:
     fn = name if callable(name) else None
     name = _function_name(fn) if fn is not None else name
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return TermSpec(name=name, weight=float(value), fn=fn)
+        return TermSpec(name=name, weight=_term_weight(name, value), fn=fn)
     if isinstance(value, Mapping):
         options = dict(value)
         return TermSpec(
@@ -371,7 +383,7 @@ def _term_from_mapping(name: str | Callable[..., Any], value: Any) -> TermSpec:
 
 
 def _term_weight(name: str, value: Any) -> float:
-    """Read a term's ``weight=`` option: a finite number.
+    """Read a term's weight: a finite number (``1e400`` reads as inf).
 
     Raises:
         RewardError: anything else, naming the term.
@@ -381,7 +393,7 @@ def _term_weight(name: str, value: Any) -> float:
     except (TypeError, ValueError):
         weight = None
     if weight is None or not np.isfinite(weight):
-        raise RewardError(f"reward term {name!r}: weight= must be a number, got {value!r}")
+        raise RewardError(f"reward term {name!r}: weight= must be a finite number, got {value!r}")
     return weight
 
 
