@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from patience import STALL, run, wait_for_exit, wait_until
 
 from textenv import cli
 from textenv.models import TINY_MODEL
@@ -29,11 +30,14 @@ def pty_pair():
             pass
 
 
-def _wait_keys(reader, n, timeout=5.0):
-    keys, deadline = [], time.time() + timeout
-    while len(keys) < n and time.time() < deadline:
-        keys += reader.drain()
-        time.sleep(0.01)
+def _wait_keys(reader, n):
+    keys = []
+
+    def arrived():
+        keys.extend(reader.drain())
+        return len(keys) >= n
+
+    wait_until(arrived, what=f"{n} keys", progress=[lambda: len(keys)], poll=0.01)
     return keys
 
 
@@ -47,10 +51,10 @@ def test_keys_are_named_as_people_know_them():
 def test_a_pipe_is_refused_at_once_with_a_clear_error():
     read_end, write_end = os.pipe()
     try:
-        start = time.time()
+        os.write(write_end, b"g")
         with pytest.raises(TerminalError, match="not a terminal"):
             KeyReader(read_end)
-        assert time.time() - start < 1.0
+        assert os.read(read_end, 1) == b"g"  # refused before reading (or waiting for) anything
     finally:
         os.close(read_end)
         os.close(write_end)
@@ -77,12 +81,13 @@ def test_keys_arrive_timestamped_while_the_main_thread_works_and_the_terminal_is
         assert during[3] & termios.ISIG  # Ctrl-C still interrupts
         typed_at = time.time()
         os.write(master, b"g\x1b[Ab")
-        busy_until = time.time() + 0.2
-        while time.time() < busy_until:  # the main thread computes; the reader thread takes the keys
-            sum(range(1000))
+        # the main thread computes (no sleep) while the reader thread takes the keys
+        wait_until(lambda: sum(range(1000)) and len(seen) == 3, what="the reader thread to take the keys",
+                   progress=[lambda: len(seen)], poll=0)
+        drained_at = time.time()
         keys = _wait_keys(reader, 3)
     assert [k.name for k in keys] == ["g", "up", "b"] == [k.name for k in seen]
-    assert all(typed_at <= k.at <= typed_at + 0.5 for k in keys)
+    assert all(typed_at <= k.at <= drained_at for k in keys)  # stamped on arrival, not when drained
     assert termios.tcgetattr(slave) == before
 
 
@@ -109,7 +114,7 @@ def test_the_terminal_is_restored_on_sigterm(pty_pair):
         assert child.stdout.readline().strip() == b"ready"
         assert termios.tcgetattr(slave) != before  # cbreak while it runs
         child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=10) == 128 + signal.SIGTERM
+        assert wait_for_exit(child) == 128 + signal.SIGTERM
     finally:
         child.kill()
     assert termios.tcgetattr(slave) == before
@@ -119,18 +124,18 @@ def test_a_closed_terminal_ends_the_reading(pty_pair):
     master, slave = pty_pair
     with KeyReader(slave) as reader:
         os.close(master)
-        assert reader.hung_up.wait(5)
+        assert reader.hung_up.wait(STALL)
         assert [k.name for k in reader.drain()][-1] == "hangup"
 
 
 def test_training_with_human_feedback_refuses_a_stdin_that_is_not_a_terminal_before_loading_the_model(tmp_path):
     db = tmp_path / "feedback.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TEXTENV_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    result = subprocess.run(
+    result = run(
         [sys.executable, "-m", "textenv.cli", "train", "--model", TINY_MODEL, "--reward", f"human(db='{db}')",
          "--iterations", "1", "--batch-size", "4", "--mini-batch-size", "4", "--max-new-tokens", "8",
          "--eval-prompts", "2", "--output-dir", str(tmp_path / "run")],
-        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120,
+        stdin=subprocess.DEVNULL, env=env,
     )
     assert result.returncode == 2, result.stderr
     # "loading MODEL ..." is printed just before the model loads, and the rollouts come after it
@@ -157,7 +162,8 @@ def test_each_press_is_marked_in_the_stream_and_the_batch_is_summarized(tmp_path
             person.type(key, at=start + at)
         result = feedback.stream(["The film"] * 2, texts, [[ord(c) for c in t] for t in texts],
                                  [list(t) for t in texts])
-        time.sleep(0.2)
+        wait_until(lambda: "credited to" in "".join(person.screen), what="the batch's summary on screen",
+                   progress=[lambda: len(person.screen)])  # read by the person's own thread
         screen = "".join(person.screen)
     assert len(result.presses) == 3
     first, second = screen.split("[2/2]")
