@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+from patience import STALL, wait_until
 
 from textenv.plugins.human.episodes import compare_completions, rate_completions, select_pairs
 from textenv.plugins.human.simulated import SimulatedHuman
@@ -39,12 +40,9 @@ def test_pairs_never_mix_prompts_and_shapes_are_checked():
         select_pairs(np.zeros(3), np.zeros(2), np.zeros(3))
 
 
-def _wait_for(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.time() + timeout
-    while not predicate():
-        if time.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+def _wait_for(predicate, what: str, person) -> None:
+    """Wait for ``predicate()`` for as long as text keeps arriving on the person's screen."""
+    wait_until(predicate, what=what, progress=[lambda: len(person.screen)], poll=0.01)
 
 
 def _answer_in_background(person, keys):
@@ -57,7 +55,7 @@ def _answer_in_background(person, keys):
 
     def run():
         for key, asked in keys:
-            _wait_for(lambda asked=asked: f"[{asked}/" in "".join(person.screen), f"question {asked}")
+            _wait_for(lambda asked=asked: f"[{asked}/" in "".join(person.screen), f"question {asked}", person)
             time.sleep(0.05)
             person.type(key)
     thread = threading.Thread(target=run, daemon=True)
@@ -76,7 +74,7 @@ def test_comparing_at_a_terminal_stores_each_answer(tmp_path):
         given, quit_ = compare_completions(store, session, reader, prompts, texts,
                                            [(0, 1, 0.5), (2, 3, 0.4), (4, 5, 0.3), (6, 7, 0.2)],
                                            rng=np.random.default_rng(0))
-        time.sleep(0.1)
+        _wait_for(lambda: "does nothing here" in "".join(person.screen), "the hint for 'z'", person)
         rows = store.comparisons()
     assert (given, quit_) == (3, False)
     assert [r["choice"] for r in rows] == ["a", "tie", "b", "skip"]
@@ -103,19 +101,19 @@ def test_keys_typed_before_a_question_is_on_screen_rate_nothing_and_are_said_to_
             KeyReader(tty_path=person.tty_path) as reader:
         session = store.start_session("rate")
         person.type(early)  # typed in a burst while nothing is asked yet (the model is still generating)
-        _wait_for(lambda: reader.keys.qsize() == len(early), "the early keys to be read")
+        _wait_for(lambda: reader.keys.qsize() == len(early), "the early keys to be read", person)
 
         def answer():  # a person who answers each question once it is on screen
             for asked, key in enumerate(["5", "1", "3"], start=1):
-                _wait_for(lambda asked=asked: f"[{asked}/3]" in "".join(person.screen), f"question {asked}")
+                _wait_for(lambda asked=asked: f"[{asked}/3]" in "".join(person.screen), f"question {asked}", person)
                 person.type(key)
 
         thread = threading.Thread(target=answer, daemon=True)
         thread.start()
         given, quit_ = rate_completions(store, session, reader, ["p", "p", "p"], ["a", "b", "c"],
                                         [[1], [2], [3]], [["a"], ["b"], ["c"]], scale=5)
-        thread.join(timeout=10)
-        time.sleep(0.1)
+        thread.join(STALL)
+        _wait_for(lambda: "(ignored" in "".join(person.screen), "the note on the ignored keys", person)
         screen = "".join(person.screen)
         assert (given, quit_) == (3, False)
         assert [(r["completion"], r["rating"]) for r in store.ratings()] == [("a", 5.0), ("b", 1.0), ("c", 3.0)]
