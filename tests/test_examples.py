@@ -1,20 +1,15 @@
 """Smoke tests of the examples (cleanrl's way): each script runs tiny in a subprocess and exits 0."""
 
-import subprocess
 import sys
 from pathlib import Path
+
+import patience
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def run_example(script: str, *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / script), *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = patience.run([sys.executable, str(EXAMPLES / script), *args])
     assert result.returncode == 0, f"{script} exited {result.returncode}:\n{result.stderr[-3000:]}"
     return result.stdout
 
@@ -45,10 +40,9 @@ def test_examples_without_a_smoke_test_still_start():
 
 def test_train_ppo_trains_and_generates(tmp_path):
     script = EXAMPLES / "train_ppo.py"
-    result = subprocess.run(
-        [sys.executable, str(script), "--model", "tiny-random", "--episodes", "16", "--max-new-tokens", "4"],
-        check=False, capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )
+    result = patience.run([sys.executable, str(script), "--model", "tiny-random", "--episodes", "16",
+                           "--max-new-tokens", "4"],
+                          cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().startswith("[") and result.stdout.count("'") >= 4, result.stdout
     run = tmp_path / "runs" / "train_ppo"
