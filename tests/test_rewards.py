@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import signal
+import threading
+import time
+import warnings
 
 import numpy as np
 import pytest
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 
 import textenv
+from textenv import rewards
 from textenv.envs import TextGenVectorEnv
 from textenv.generation import generate_episodes
 from textenv.models import build_tiny_model
-from textenv.rewards import RewardError, RewardPipeline, RewardSource, TermSpec, parse_reward_spec
+from textenv.rewards import (
+    RewardError,
+    RewardInterrupted,
+    RewardPipeline,
+    RewardSource,
+    TermSpec,
+    parse_reward_spec,
+)
 
 CONTEXT = dict(
     prompts=["p0", "p1"],
@@ -342,3 +355,85 @@ def test_an_infinite_weight_is_refused_when_the_spec_is_read(spec, message):
 def test_a_bad_option_of_a_builtin_source_is_refused_when_the_pipeline_is_built(pm, spec, message):
     with pytest.raises(RewardError, match=message):
         RewardPipeline.from_spec(spec, pm)
+
+
+# ------------------------------------------------------------------ slow and stuck reward calls
+
+
+@contextlib.contextmanager
+def graceful_handler():
+    """A SIGINT handler as PPO's learn() installs: the first Ctrl-C only asks to stop later, the second raises."""
+    pressed = []
+
+    def handler(signum, frame):
+        if pressed:
+            raise KeyboardInterrupt
+        pressed.append(time.monotonic())
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield pressed, handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def ctrl_c_in(seconds: float) -> threading.Timer:
+    """A Ctrl-C at the main thread after ``seconds`` (a process-wide kill may be taken by another thread)."""
+    timer = threading.Timer(seconds, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_a_slow_reward_call_warns_once_and_says_how_to_set_a_timeout(pm, monkeypatch):
+    monkeypatch.setattr(rewards, "SLOW_CALL_SECONDS", 0.05)
+
+    def slow(completions):
+        time.sleep(0.4)
+        return [0.0] * len(completions)
+
+    pm.register_plugin(_plugin(RewardSource("slow", slow)), "slow", "test")
+    pipeline = RewardPipeline.from_spec("slow + length", pm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline(**CONTEXT)
+        pipeline(**CONTEXT)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert messages[0].startswith("reward source 'slow' (test) has been scoring 2 completion(s) for 0.05 s")
+    assert "slow(timeout=SECONDS)" in messages[0] and rewards.TIMEOUT_ENV in messages[0]
+
+
+def test_a_first_ctrl_c_under_a_graceful_handler_does_not_wait_for_a_stuck_reward_call(pm, monkeypatch):
+    """PPO's handler only notes a first Ctrl-C, which a call that never returns would never see: the call is
+    interrupted when it has not returned INTERRUPT_GRACE_SECONDS later, and the handler has noted the press."""
+    monkeypatch.setattr(rewards, "INTERRUPT_GRACE_SECONDS", 0.3)
+    pm.register_plugin(_plugin(RewardSource("stuck", lambda completions: threading.Event().wait(20))), "stuck", "test")
+    pipeline = RewardPipeline.from_spec("stuck", pm)
+    with graceful_handler() as (pressed, handler):
+        timer = ctrl_c_in(0.2)
+        start = time.monotonic()
+        try:
+            with pytest.raises(RewardInterrupted, match=r"Ctrl-C while reward source 'stuck' \(test\)"):
+                pipeline(**CONTEXT)
+        finally:
+            timer.cancel()
+        assert time.monotonic() - start < 10
+        assert len(pressed) == 1  # the loop was told too: it stops, as after any first Ctrl-C
+        assert signal.getsignal(signal.SIGINT) is handler  # restored
+
+
+def test_a_first_ctrl_c_during_a_reward_call_that_returns_is_left_to_the_graceful_handler(pm, monkeypatch):
+    monkeypatch.setattr(rewards, "INTERRUPT_GRACE_SECONDS", 5.0)
+
+    def presses_ctrl_c(completions):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(0.1)
+        return [1.0] * len(completions)
+
+    pm.register_plugin(_plugin(RewardSource("presses", presses_ctrl_c)), "presses", "test")
+    pipeline = RewardPipeline.from_spec("presses", pm)
+    with graceful_handler() as (pressed, handler):
+        assert pipeline(**CONTEXT).total.tolist() == [1.0, 1.0]
+        time.sleep(0.2)
+        assert len(pressed) == 1
+        assert signal.getsignal(signal.SIGINT) is handler

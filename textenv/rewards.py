@@ -42,9 +42,11 @@ import inspect
 import math
 import os
 import re
+import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -59,6 +61,15 @@ TERM_OPTIONS = ("weight", "normalize", "clip", "timeout")
 TIMEOUT_ENV = "TEXTENV_REWARD_TIMEOUT"
 """The environment variable that gives every reward term a default timeout in seconds (when the pipeline is
 given none); unset or empty: no timeout."""
+
+SLOW_CALL_SECONDS = 60.0
+"""A source's call without a timeout that has run this long gets one warning per term, which says how to set
+``timeout=`` (a source that never returns would otherwise hang a run without a word)."""
+
+INTERRUPT_GRACE_SECONDS = 3.0
+"""After a first Ctrl-C that the running loop's handler only notes (PPO's "finish this iteration, then stop"),
+how long a source's call may still take before it is interrupted (:class:`RewardInterrupted`): a call that
+never returns would otherwise never see the Ctrl-C."""
 
 MAX_ABS_REWARD = 1e6
 """The largest magnitude a term's value may have once weighted, normalized and clipped (what enters the PPO
@@ -491,6 +502,7 @@ class RewardTerm:
     spec: TermSpec
     call: Callable[[dict[str, Any]], Any]
     stats: RunningMeanStd = field(default_factory=RunningMeanStd)
+    warned_slow: bool = False
 
 
 class RewardPipeline:
@@ -505,7 +517,11 @@ class RewardPipeline:
     Without one a source runs on the caller's thread, as a plain call.
 
     A Ctrl-C that reaches a source's call, with or without a timeout, raises :class:`RewardInterrupted`
-    naming it (a ``KeyboardInterrupt``).
+    naming it (a ``KeyboardInterrupt``). Under a handler that only notes a first Ctrl-C (PPO's ``learn``:
+    finish the iteration, then stop), the call may go on :data:`INTERRUPT_GRACE_SECONDS` before it is
+    interrupted, so a call that never returns does not hold the run (but a source that talks to a person,
+    :attr:`RewardSource.interactive`, is left to that person). A call without a timeout that runs past
+    :data:`SLOW_CALL_SECONDS` warns once per term, saying how to set one.
 
     Attributes:
         terms: the terms, in spec order.
@@ -729,7 +745,8 @@ def _call_source(term: RewardTerm, context: dict[str, Any], timeout: float | Non
     """The source's result for the batch; any failure becomes an error that names the source."""
     start = time.monotonic()
     try:
-        return _call(term, context, timeout)
+        with _watched(term, len(context["completions"]), timeout):
+            return _call(term, context, timeout)
     except RewardTimeout:
         raise
     except KeyboardInterrupt:
@@ -780,6 +797,97 @@ def _call(term: RewardTerm, context: dict[str, Any], timeout: float | None) -> A
     if "error" in outcome:
         raise outcome["error"]
     return outcome["value"]
+
+
+@contextlib.contextmanager
+def _watched(term: RewardTerm, n: int, timeout: float | None) -> Iterator[None]:
+    """A source's call, warned about once when slow, interruptible by a first Ctrl-C (see :class:`RewardPipeline`)."""
+    if term.source.interactive:  # a person takes their time, and their Ctrl-C is theirs to handle
+        yield
+        return
+    slow = None
+    if timeout is None and not term.warned_slow:
+        slow = threading.Timer(SLOW_CALL_SECONDS, _warn_slow, (term, n))
+        slow.daemon = True
+        slow.start()
+    try:
+        with _first_ctrl_c_interrupts():
+            yield
+    finally:
+        if slow is not None:
+            slow.cancel()
+
+
+def _warn_slow(term: RewardTerm, n: int) -> None:
+    """One warning per term (from a timer thread while the call runs): how to stop it and how to bound it."""
+    if term.warned_slow:
+        return
+    term.warned_slow = True
+    warnings.warn(
+        f"reward source {term.source.name!r} ({term.source.origin or 'unknown origin'}) has been scoring {n} "
+        f"completion(s) for {SLOW_CALL_SECONDS:g} s; if it hangs, Ctrl-C stops it, and a timeout bounds each call: "
+        f"{term.key}(timeout=SECONDS) in the reward spec, or reward_timeout= (${TIMEOUT_ENV}) for every term",
+        stacklevel=1,
+    )
+
+
+@contextlib.contextmanager
+def _first_ctrl_c_interrupts() -> Iterator[None]:
+    """While a source scores on the main thread: a first Ctrl-C goes to the installed handler as ever, and if the
+    call has not returned :data:`INTERRUPT_GRACE_SECONDS` later, a second, our own, raises ``KeyboardInterrupt``.
+
+    Nothing changes off the main thread (signals reach only it), nor where the handler is Python's default (a
+    Ctrl-C raises at once) or the signal is ignored.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous) \
+            or previous is signal.default_int_handler:
+        yield
+        return
+    lock = threading.Lock()
+    state = {"active": True, "expired": False, "timer": None}
+
+    def expire() -> None:
+        with lock:  # never after the call has returned: the SIGINT would read as the user's second Ctrl-C
+            if state["active"]:
+                state["expired"] = True
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if state["expired"]:
+            if state["active"]:
+                raise KeyboardInterrupt
+            return  # ours, arriving after the call returned: not the user's
+        previous(signum, frame)  # notes it (or raises, on a second Ctrl-C)
+        if state["active"] and state["timer"] is None:
+            state["timer"] = threading.Timer(INTERRUPT_GRACE_SECONDS, expire)
+            state["timer"].daemon = True
+            state["timer"].start()
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        try:
+            with lock:
+                state["active"] = False
+        finally:  # even where our own late Ctrl-C raised just above
+            if state["timer"] is not None:
+                state["timer"].cancel()
+            _restore_sigint(previous)
+
+
+def _restore_sigint(previous: Any) -> None:
+    """Put the handler back; a Ctrl-C pending meanwhile is handled first (``signal.signal`` does), and re-raised."""
+    interrupted = None
+    for _ in range(3):
+        try:
+            signal.signal(signal.SIGINT, previous)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def _find_failing_item(term: RewardTerm, context: dict[str, Any], timeout: float | None = None) -> str | None:
