@@ -8,12 +8,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import gymnasium as gym
+import patience
 import pytest
 
 from textenv.agents import PPO, CheckpointError, DiskFullError, checkpoint
@@ -279,7 +279,7 @@ def test_sigkill_at_random_moments_then_resume_always_continues_the_same_run(tmp
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "benchmarks" / "fault_injection.py"), "--kills", "20", "--seed", "1",
            "--workdir", str(tmp_path)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    result = patience.run(cmd, env=env)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "kills survived: 20/20 (100 %); every finished run's history equals the unbroken run's" in result.stdout
 

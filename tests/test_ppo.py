@@ -8,10 +8,10 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 
 import gymnasium as gym
 import numpy as np
+import patience
 import pytest
 import torch
 
@@ -404,20 +404,19 @@ def test_sigint_leaves_a_checkpoint_that_resumes(tmp_path):
            "--output-dir", str(run), "--precision", "fp32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.time() + 120
-    while not (run / "events.out.tfevents").parent.exists() or not list(run.glob("events.out.tfevents.*")):
-        assert time.time() < deadline and proc.poll() is None
-        time.sleep(0.2)
-    time.sleep(2.0)  # some iterations in
+    samples = run / "samples.jsonl"  # written at the end of each iteration
+    patience.wait_until(lambda: proc.poll() is not None or (samples.exists() and samples.stat().st_size > 0),
+                        what="the first iteration", progress=[lambda: patience.cpu_seconds(proc.pid)])
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    out, _ = patience.communicate(proc)
     assert proc.returncode == 130, out  # interrupted, with a checkpoint: not the exit of a finished run
     done = int(re.search(r"interrupted after iteration (\d+)", out).group(1))
     assert 0 < done < 200
     checkpoint = run / "checkpoints" / f"iter_{done:06d}"
     assert (checkpoint / "trainer_state.json").exists()
     cmd[cmd.index("--iterations") + 1] = str(done + 2)  # the run's total: two more iterations
-    resumed = subprocess.run(cmd + ["--resume", str(run)], capture_output=True, text=True, timeout=120, env=env)
+    resumed = patience.run(cmd + ["--resume", str(run)], env=env)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"resuming from {checkpoint}" in resumed.stdout
     assert (run / "checkpoints" / f"iter_{done + 2:06d}" / "trainer_state.json").exists()

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import patience
 import ppo_process
 import pytest
 import safetensors.torch
@@ -40,7 +41,7 @@ def launch(*argv: str, processes: int = 2) -> subprocess.CompletedProcess:
                "--dynamo_backend", "no", "--main_process_ip", "127.0.0.1", "--main_process_port", str(port), *argv]
     path = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))  # ppo_process.py imports
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = patience.run(command, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
 
