@@ -12,6 +12,7 @@ import pytest
 from installed_plugins import POLITENESS_PLUGIN, make_distribution
 
 import textenv
+from textenv import cli
 from textenv.plugin_manager import PluginError, make_plugin_manager
 from textenv.rewards import RewardError, RewardPipeline
 
@@ -156,6 +157,37 @@ def test_a_prompt_set_offered_twice_is_an_error(pm):
                                           r"\(script mine.py\) and by plugin 'textenv.plugins.prompt_sets'"):
         pm.prompt_sets()
 
+
+@pytest.mark.parametrize("prompts, message", [
+    ("a string", r"its prompt set 'mine' is a str; expected a list of prompts \(strings or conversations\)"),
+    ([], r"its prompt set 'mine' is empty"),
+    (["fine", 3], r"its prompt set 'mine': prompt #1 is int, not a string or a list of messages: 3"),
+    (None, r"its prompt set 'mine' is a NoneType; expected a list"),
+])
+def test_a_bad_prompt_set_is_refused_naming_its_plugin(pm, prompts, message):
+    """A string set trained on one-character prompts; an empty one crashed ``textenv plugins``."""
+    class Mine:
+        @textenv.hookimpl
+        def textenv_prompt_sets(self):
+            return {"mine": prompts}
+
+    pm.register_plugin(Mine(), "mine-plugin", "script mine.py")
+    with pytest.raises(PluginError, match=r"^plugin 'mine-plugin' \(script mine.py\) returned a bad prompt set: "
+                                          + message):
+        pm.prompt_sets()
+
+
+def test_textenv_plugins_says_an_empty_prompt_set_in_one_line(fresh_default_pm, capsys):
+    class Empty:
+        @textenv.hookimpl
+        def textenv_prompt_sets(self):
+            return {"nothing": []}
+
+    fresh_default_pm.register_plugin(Empty(), "empty-sets", "test")
+    assert cli.main(["plugins"]) == 2
+    err = capsys.readouterr().err
+    assert err == "textenv: error: plugin 'empty-sets' (test) returned a bad prompt set: its prompt set 'nothing' " \
+                  "is empty\n"
 
 def test_python_function_file_with_a_dataclass_and_postponed_annotations(pm, tmp_path):
     script = tmp_path / "dataclass_rewards.py"

@@ -34,6 +34,7 @@ from typing import Any
 import pluggy
 
 from textenv import hookspecs
+from textenv.prompts import prompt_problem
 from textenv.rewards import RewardError, RewardSource, definition_site
 
 ENTRY_POINT_GROUP = "textenv"
@@ -287,8 +288,9 @@ class PluginManager(pluggy.PluginManager):
         """Every named prompt set from every plugin.
 
         Raises:
-            PluginError: a plugin failed or returned something that is not a dict, or two
-                plugins offer the same name (as for reward sources).
+            PluginError: a plugin failed or returned something that is not a dict, a set that is not a
+                non-empty list of prompts (strings or conversations), or two plugins offer the same name
+                (as for reward sources).
         """
         sets: dict[str, list[str]] = {}
         owners: dict[str, str] = {}
@@ -300,6 +302,9 @@ class PluginManager(pluggy.PluginManager):
                     "textenv_prompt_sets; expected a dict of name -> list of prompts"
                 )
             for set_name, prompts in listed.items():
+                prompts, problem = _prompt_set(set_name, prompts)
+                if problem:
+                    raise PluginError(f"plugin {plugin_name!r} ({origin}) returned a bad prompt set: {problem}")
                 if set_name in sets:
                     raise PluginError(
                         f"prompt set {set_name!r} is provided twice: by plugin {owners[set_name]} "
@@ -308,6 +313,21 @@ class PluginManager(pluggy.PluginManager):
                 sets[set_name] = prompts
                 owners[set_name] = f"{plugin_name!r} ({origin})"
         return sets
+
+
+def _prompt_set(name: str, prompts: Any) -> tuple[list, str | None]:
+    """A plugin's prompt set as a list, and what is wrong with it or None (a string would train on its characters)."""
+    if isinstance(prompts, (str, bytes, Mapping)) or not isinstance(prompts, Iterable):
+        return [], (f"its prompt set {name!r} is a {type(prompts).__name__}; expected a list of prompts (strings "
+                    "or conversations)")
+    prompts = list(prompts)
+    if not prompts:
+        return prompts, f"its prompt set {name!r} is empty"
+    for i, prompt in enumerate(prompts):
+        problem = prompt_problem(prompt)
+        if problem:
+            return prompts, f"its prompt set {name!r}: prompt #{i} {problem}"
+    return prompts, None
 
 
 def entry_point_plugin_name(ep: importlib.metadata.EntryPoint) -> str:

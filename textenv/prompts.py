@@ -46,7 +46,7 @@ def load_prompts(source: Any, plugin_manager=None) -> list[str | Conversation]:
         items = _dataset_prompts(source)
         prompts = list(source) if items is None else items
         for i, prompt in enumerate(prompts):
-            problem = _prompt_problem(prompt)
+            problem = prompt_problem(prompt)
             if problem:
                 raise PromptError(f"prompt #{i} {problem}")
     if not prompts:
@@ -101,7 +101,7 @@ def _dataset_prompts(source: Any) -> list | None:
     return list(source["prompt"])
 
 
-def _prompt_problem(prompt: Any) -> str | None:
+def prompt_problem(prompt: Any) -> str | None:
     """What is wrong with one prompt (the text after "prompt #i"), or None for a string or a conversation."""
     if isinstance(prompt, str):
         return None
@@ -143,7 +143,7 @@ def _read_file(path: Path) -> list[str | Conversation]:
         except json.JSONDecodeError as exc:
             raise PromptError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
         prompt = record.get("prompt") if isinstance(record, dict) else record
-        if not isinstance(prompt, (str, list)) or _prompt_problem(prompt):
+        if not isinstance(prompt, (str, list)) or prompt_problem(prompt):
             raise PromptError(
                 f'{path}:{lineno}: expected {{"prompt": "..."}} (a string or a list of messages) or a JSON string, '
                 f"got {line.strip()[:80]}"
