@@ -257,7 +257,9 @@ def main() -> int:
                 ready(launch)
                 out = launch.output()
                 wanted = f"resuming from {run / 'checkpoints' / f'iter_{newest:06d}'}\n"
-                if "ready in" not in out or wanted not in out or "damaged" in out:
+                # killed after its last checkpoint, before it exited: the run is whole, and its resume says so
+                finished = newest == args.iterations and f"nothing to do: the run has done {newest} iterations" in out
+                if not finished and ("ready in" not in out or wanted not in out or "damaged" in out):
                     launch.poll() is None and launch.kill()
                     raise Failure(f"kill {kills} ({kind}): the resume did not load iter_{newest:06d} cleanly:\n"
                                   f"{out[-3000:]}")
