@@ -9,6 +9,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import textenv
+from textenv.envs.task import DEFAULT_REWARD
+from textenv.rewards import parse_reward_spec
 
 
 @pytest.mark.parametrize("env_id", textenv.ENV_IDS)
@@ -159,3 +161,12 @@ def test_render_follows_the_render_mode(capsys):
         env.reset(seed=0)
     assert silent.render() is None and capsys.readouterr().out == ""
     assert human.render() is None and capsys.readouterr().out == "the movie was\u27e6\u27e7\n"
+
+
+def test_the_env_s_default_reward_is_the_training_command_s(byte_tokenizer):
+    """A user who makes the env and trains on it by hand gets the reward ``textenv train`` optimizes."""
+    from textenv.agents.train import TRAIN_REWARD
+
+    env = gym.make("textenv/TextGen-v0", tokenizer=byte_tokenizer, model=None, prompts=["hi"])
+    assert parse_reward_spec(TRAIN_REWARD) == parse_reward_spec(DEFAULT_REWARD)
+    assert env.unwrapped.task.rewards.names == [t.name for t in parse_reward_spec(TRAIN_REWARD)]

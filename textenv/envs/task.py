@@ -22,7 +22,9 @@ from textenv.prompts import Conversation, PromptError, load_prompts, render_prom
 from textenv.rewards import RewardPipeline
 
 DEFAULT_PROMPTS = "movie-reviews"
-DEFAULT_REWARD = "sentiment + repetition"
+DEFAULT_REWARD = "sentiment_dense + repetition"
+"""The reward of the env made without ``reward=`` and of ``textenv train``: VADER's sentiment paid out per token
+(its sum is the completion's score, and a value head credits it token by token), less repeated n-grams."""
 
 
 @dataclass
@@ -95,7 +97,8 @@ class TextTask:
                 Longer prompts keep their last P tokens, with one warning that says how many were cut;
                 a P past the context is refused.
             reward: the reward spec (``"sentiment + 0.5*length"``, a dict or a list), or
-                reward functions as TRL takes them (``fn`` or ``[fn, "sentiment"]``).
+                reward functions as TRL takes them (``fn`` or ``[fn, "sentiment"]``); by default
+                :data:`DEFAULT_REWARD`, the one ``textenv train`` optimizes.
             reward_timeout: seconds each reward source may take per call, for the terms that set no
                 ``timeout=`` of their own; None: ``$TEXTENV_REWARD_TIMEOUT`` if set, else no limit
                 (see :class:`textenv.rewards.RewardPipeline`).
