@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from textenv import cli
 from textenv.prompts import PromptError, load_prompts
 
 
@@ -63,3 +64,17 @@ def test_lines_split_on_newline_only_and_a_bom_is_dropped(tmp_path):
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_bytes('\ufeff{"prompt": "one"}\r\n"two\u2028lines"\n'.encode())
     assert load_prompts(jsonl) == ["one", "two\u2028lines"]
+
+
+@pytest.mark.parametrize("name", ["prompts", "prompts.txt", "prompts.jsonl"])
+def test_a_directory_is_said_to_be_one(tmp_path, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    with pytest.raises(PromptError, match=rf"^{re.escape(str(folder))}: is a directory; expected a prompt file"):
+        load_prompts(f"{folder}/")
+
+
+def test_the_demo_says_a_prompts_directory_is_one_in_one_line(tmp_path, capsys):
+    assert cli.main(["demo", "--model", "tiny-random", "--prompts", f"{tmp_path}/", "--max-new-tokens", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"textenv: error: {tmp_path}: is a directory") and err.count("\n") == 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import math
 
 import datasets
 import gymnasium as gym
@@ -165,3 +167,109 @@ def test_a_conversational_jsonl_file(tmp_path, chat_tokenizer, tiny_options):
 def test_conversations_without_a_chat_template_or_a_role_fail_in_one_line(tiny_options, options, error, message):
     with pytest.raises(error, match=message):
         TextGenVectorEnv(1, **{**tiny_options, **options})
+
+
+# ------------------------------------------------------------------ dataset columns and None, as TRL's GRPOTrainer
+
+
+def accuracy(prompts, completions, solution, **kwargs):
+    """TRL's habit: the answer comes from the dataset's ``solution`` column."""
+    return [float(c.strip() == s) for c, s in zip(completions, solution)]
+
+
+MATH_ROWS = [{"prompt": "2+2=", "solution": "4", "level": 1}, {"prompt": "3+3=", "solution": "6", "level": 2}]
+
+
+def _answer_each_prompt(env, answer: str, byte_id) -> dict:
+    """Reset both rows on the task's two prompts, write ``answer`` and EOS in each; the last step's info."""
+    env.reset(seed=0, options={"prompts": env.task.prompts[:2]})
+    for char in answer:
+        env.step(np.full(2, byte_id(char)))
+    *_, info = env.step(np.full(2, env.task.eos_ids[0]))
+    return info
+
+
+@pytest.mark.parametrize("form", ["dataset", "rows", "jsonl"])
+def test_a_reward_function_reads_the_prompts_other_dataset_columns(tiny_options, byte_id, tmp_path, form):
+    seen = {}
+
+    def levels(completions, level):  # a named column, no **kwargs
+        seen["level"] = list(level)
+        return [float(x) for x in level]
+
+    if form == "dataset":
+        prompts = datasets.Dataset.from_list(MATH_ROWS)
+    elif form == "rows":
+        prompts = MATH_ROWS
+    else:
+        prompts = tmp_path / "math.jsonl"
+        prompts.write_text("".join(json.dumps(row) + "\n" for row in MATH_ROWS))
+    env = TextGenVectorEnv(2, autoreset_mode="Disabled", **{**tiny_options, "prompts": prompts,
+                                                            "reward": [accuracy, levels, "length(target=3)"]})
+    info = _answer_each_prompt(env, "4", byte_id)
+    np.testing.assert_allclose(info["reward_terms"]["accuracy"], [1.0, 0.0])  # "4" answers 2+2, not 3+3
+    np.testing.assert_allclose(info["reward_terms"]["levels"], [1.0, 2.0])
+    assert seen["level"] == [1, 2]
+
+
+def test_a_prompt_outside_the_dataset_gets_none_in_its_columns(tiny_options, byte_id):
+    env = TextGenVectorEnv(1, autoreset_mode="Disabled", **{**tiny_options, "prompts": MATH_ROWS,
+                                                            "reward": accuracy})
+    seen = {}
+
+    def solution_seen(completions, solution):
+        seen["solution"] = list(solution)
+        return [0.0] * len(completions)
+
+    env.task.rewards = RewardPipeline.from_spec(solution_seen)
+    env.reset(options={"prompts": ["5+5="]})
+    env.step(np.array([env.task.eos_ids[0]]))
+    assert seen["solution"] == [None]
+
+
+def test_a_column_named_like_a_reward_argument_is_refused_in_one_line(tiny_options):
+    rows = [{"prompt": "a", "completions": "x"}]
+    with pytest.raises(PromptError, match=r"^prompts: the column 'completions' has the name of an argument every "
+                                          r"reward source is given .*; rename it$"):
+        TextGenVectorEnv(1, **{**tiny_options, "prompts": rows})
+
+
+def test_none_from_a_reward_function_means_not_applicable(pm):
+    """TRL turns None into NaN and leaves it out (nansum); here that term adds 0 to that completion, its raw
+    value is NaN, and the normalization statistics never see it."""
+    def only_long(completions):
+        return [float(len(c)) if len(c) > 2 else None for c in completions]
+
+    pipeline = RewardPipeline.from_spec([{"source": only_long, "normalize": True}, "length(target=2)"], pm)
+    batch = pipeline(["p"] * 3, ["ab", "abcd", "abcdef"], [[1, 2], [1, 2, 3, 4], [1] * 6], [False] * 3)
+    assert batch.terms["only_long"][0] == 0.0
+    np.testing.assert_allclose(batch.terms["only_long"][1:], [-1.0, 1.0], atol=1e-3)  # normalized over 4 and 6 only
+    assert math.isnan(batch.raw_terms["only_long"][0]) and batch.raw_terms["only_long"][1] == 4.0
+    stats = pipeline.terms[0].stats
+    assert stats.mean == pytest.approx(5.0, rel=1e-3) and stats.count == pytest.approx(2.0, abs=1e-3)
+    np.testing.assert_allclose(batch.total, batch.terms["only_long"] + batch.terms["length"])
+
+    nothing = RewardPipeline.from_spec(lambda_free_none, pm)(["p"], ["x"], [[1]], [True])
+    assert nothing.total.tolist() == [0.0] and math.isnan(nothing.raw_terms["lambda_free_none"][0])
+
+
+def lambda_free_none(completions):
+    return [None for _ in completions]
+
+
+def test_none_for_a_completion_s_per_token_rewards_adds_nothing_to_it(pm):
+    def shaping(completion_ids):
+        return [None if len(ids) == 1 else [0.5] * len(ids) for ids in completion_ids]
+
+    batch = RewardPipeline.from_spec(shaping, pm)(["p", "p"], ["x", "yz"], [[1], [1, 2]], [True, True])
+    np.testing.assert_allclose(batch.token_rewards[0], [0.0])
+    np.testing.assert_allclose(batch.token_rewards[1], [0.5, 0.5])
+    assert batch.total.tolist() == [0.0, 1.0]
+
+
+def test_an_iterable_dataset_is_refused_in_one_line_that_says_how_to_take_part_of_it():
+    streamed = datasets.Dataset.from_list(MATH_ROWS).to_iterable_dataset()
+    with pytest.raises(PromptError, match=r"^prompts: an IterableDataset is read as a stream, never whole; take a "
+                                          r"finite part as a list of rows: prompts=list\(dataset.take\(N\)\)$"):
+        load_prompts(streamed)
+    assert load_prompts(list(streamed.take(2))) == ["2+2=", "3+3="]  # its rows, as the message says

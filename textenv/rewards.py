@@ -12,9 +12,15 @@ takes only the context arguments it names, among:
   (for per-token sources that show or judge tokens; decoded only when a source asks);
 
 plus any options given in the reward spec (``length(target=20)`` calls it with
-``target=20``). It returns one float per completion, or, for per-token rewards
-(TAMER, shaping), one sequence per completion with one float per token of
-``completion_ids``.
+``target=20``), and the prompts' other dataset columns (``solution``, one value per
+completion, None for a prompt outside the dataset), as TRL's GRPOTrainer passes them: to a
+parameter of that name that is not keyword-only (keyword-only ones are options), and to
+``**kwargs``. It returns one float per completion, or, for per-token rewards (TAMER, shaping),
+one sequence per completion with one float per token of ``completion_ids``.
+
+None for a completion means the source does not apply to it (TRL's convention, where it becomes
+NaN and is left out of the sum): that term adds 0 to the completion's reward, its raw value is
+NaN, and the term's normalization statistics never see it.
 
 A function taking ``**kwargs`` gets every context argument, so TRL's
 ``fn(prompts, completions, **kwargs)`` works as it is; such functions may be given in
@@ -145,10 +151,13 @@ class RewardSource:
                 self.check_options(**options)
             except (ValueError, TypeError) as exc:
                 raise RewardError(f"reward term {self.name!r}: {exc}") from None
-        wanted = CONTEXT_ARGS if takes_kwargs else [a for a in CONTEXT_ARGS if a in params]
         fn, opts = self.fn, dict(options)
+        # Dataset columns reach **kwargs and the parameters named like them, never a keyword-only one (an option)
+        wanted = {a for a, p in params.items() if a in CONTEXT_ARGS or p.kind is p.POSITIONAL_OR_KEYWORD} - set(opts)
 
         def call(context: dict[str, Any]) -> Any:
+            if takes_kwargs:
+                return fn(**{a: v for a, v in context.items() if a not in opts}, **opts)
             return fn(**{a: context[a] for a in wanted if a in context}, **opts)
 
         call.wants_tokens = "tokens" in params  # type: ignore[attr-defined]
@@ -641,11 +650,13 @@ class RewardPipeline:
         completion_ids: list[list[int]],
         terminated: Sequence[bool],
         tokens: Sequence[Sequence[str]] | None = None,
+        columns: Mapping[str, Sequence[Any]] | None = None,
     ) -> RewardBatch:
         """Score a batch of finished episodes.
 
         ``tokens`` (each completion token decoded on its own) is needed only when
-        :attr:`wants_tokens`.
+        :attr:`wants_tokens`; ``columns`` are the prompts' other dataset columns, one value per
+        completion each, which reward functions get as keyword arguments.
 
         Raises:
             RewardError: a source raised, or returned the wrong type, shape or count, NaN or inf,
@@ -665,20 +676,26 @@ class RewardPipeline:
         elif self.wants_tokens:
             raise RewardError("a reward source of this spec needs tokens= (each token decoded on its own)")
         n = len(context["completions"])
+        for name, values in (columns or {}).items():
+            if name in CONTEXT_ARGS or len(values) != n:
+                raise RewardError(f"column {name!r}: a column has one value per completion ({n}), got {len(values)}"
+                                  if name not in CONTEXT_ARGS else f"column {name!r} takes a context argument's name")
+            context[name] = list(values)
         total = np.zeros(n, dtype=np.float64)
         terms, raw_terms = {}, {}
         token_rewards: list[np.ndarray] | None = None
         for term in self.terms:
             timeout = term.spec.timeout if term.spec.timeout is not None else self.timeout
             values = _call_source(term, context, timeout)
-            episode, per_token = _check_result(term.source.name, values, context)
+            episode, per_token, missing = _check_result(term.source.name, values, context)
             if per_token is None:
-                raw_terms[term.key] = episode
-                weighted = term.spec.weight * _normalize_clip(term, episode, self._pending)
+                raw_terms[term.key] = np.where(missing, np.nan, episode)
+                weighted = term.spec.weight * _normalize_clip(term, episode, self._pending, ~missing)
                 _check_magnitude(term, weighted, episode, context)
             else:
-                raw_terms[term.key] = np.array([t.sum() for t in per_token])
-                flat = _normalize_clip(term, np.concatenate(per_token), self._pending) * term.spec.weight
+                raw_terms[term.key] = np.where(missing, np.nan, [t.sum() for t in per_token])
+                applies = np.repeat(~missing, [len(t) for t in per_token])  # (sum T_i,)
+                flat = _normalize_clip(term, np.concatenate(per_token), self._pending, applies) * term.spec.weight
                 splits = np.cumsum([len(t) for t in per_token])[:-1]
                 raw_rows, per_token = per_token, np.split(flat, splits)
                 _check_magnitude(term, per_token, raw_rows, context)
@@ -724,21 +741,25 @@ def _is_fresh(stats: RunningMeanStd) -> bool:
     return stats.count < 1
 
 
-def _normalize_clip(term: RewardTerm, values: np.ndarray, pending: _OpenBatch | None) -> np.ndarray:
-    """Normalize (when the term asks) and clip; ``pending`` keeps the raw values instead of updating the statistics
-    (but for a first call on fresh statistics, see :meth:`RewardPipeline.one_batch`)."""
-    if term.spec.normalize and len(values):
+def _normalize_clip(
+    term: RewardTerm, values: np.ndarray, pending: _OpenBatch | None, applies: np.ndarray
+) -> np.ndarray:
+    """Normalize (when the term asks) and clip; 0 where the source does not apply (``applies`` False, left out of
+    the statistics). ``pending`` keeps the raw values instead of updating the statistics (but for a first call on
+    fresh statistics, see :meth:`RewardPipeline.one_batch`)."""
+    seen = values[applies]
+    if term.spec.normalize and len(seen):
         if pending is None:
-            term.stats.update(values)
+            term.stats.update(seen)
         else:
             if _is_fresh(term.stats) and term.key not in pending.entry:
                 pending.entry[term.key] = copy.deepcopy(term.stats)
-                term.stats.update(values)
-            pending.values[term.key].append(values)
+                term.stats.update(seen)
+            pending.values[term.key].append(seen)
         values = (values - term.stats.mean) / np.sqrt(term.stats.var + 1e-8)
     if term.spec.clip is not None:
         values = np.clip(values, -term.spec.clip, term.spec.clip)
-    return values
+    return np.where(applies, values, 0.0)
 
 
 def _call_source(term: RewardTerm, context: dict[str, Any], timeout: float | None = None) -> Any:
@@ -939,13 +960,15 @@ def _is_row(value: Any) -> bool:
 
 def _check_result(
     name: str, values: Any, context: dict[str, Any]
-) -> tuple[np.ndarray, list[np.ndarray] | None]:
-    """Return (episode values, None) or (zeros, per-token arrays), or raise naming the source.
+) -> tuple[np.ndarray, list[np.ndarray] | None, np.ndarray]:
+    """Return (episode values, None, missing) or (zeros, per-token arrays, missing), or raise naming the source.
 
     Accepted: a sequence or 1-D array of ``n`` numbers (one per completion), or a sequence of ``n``
-    rows, each a list or 1-D array with one number per token of that completion. Refused, each said
-    in one line: a dict, a string, a scalar, an array of another shape (an (n, 1) array too, even where
-    every completion has one token), strings or nested lists among the values, floats mixed with rows.
+    rows, each a list or 1-D array with one number per token of that completion; None in place of a
+    number or a row: the source does not apply to that completion (``missing`` (n,) is True there, and
+    its value 0, or a row of zeros). Refused, each said in one line: a dict, a string, a scalar, an array
+    of another shape (an (n, 1) array too, even where every completion has one token), strings or nested
+    lists among the values, floats mixed with rows.
     """
     n = len(context["completions"])
     expected = f"a list of {n} floats (one per completion), or of {n} lists with one float per token"
@@ -964,28 +987,30 @@ def _check_result(
     if len(values) != n:
         raise RewardError(f"reward source {name!r} returned {len(values)} values for {n} completions")
     if n == 0:
-        return np.zeros(0), None
+        return np.zeros(0), None, np.zeros(0, dtype=bool)
+    missing = np.array([v is None for v in values], dtype=bool)
     numbers = [_is_number(v) for v in values]
-    if all(numbers):
-        episode = np.array([float(_as_numpy(v)) for v in values], dtype=np.float64)
+    if all(is_number or absent for is_number, absent in zip(numbers, missing)):
+        episode = np.array([0.0 if absent else float(_as_numpy(v)) for v, absent in zip(values, missing)])
         _check_finite(name, episode, context)
-        return episode, None
+        return episode, None, missing
     for i, value in enumerate(values):
-        if not numbers[i] and not _is_row(value):
+        if not numbers[i] and not missing[i] and not _is_row(value):
             raise RewardError(
                 f"reward source {name!r} returned {_short(value)} for completion {_describe_item(i, context)}, "
                 f"a {type(value).__name__}; expected {expected}"
             )
     if any(numbers):
-        i, j = numbers.index(True), numbers.index(False)
+        i = numbers.index(True)
+        j = next(k for k, (is_number, absent) in enumerate(zip(numbers, missing)) if not (is_number or absent))
         raise RewardError(
             f"reward source {name!r} returned a float for completion {_describe_item(i, context)} and a list for "
             f"completion {_describe_item(j, context)}; expected {expected}, the same kind for every completion"
         )
     per_token = []
     for i, row in enumerate(values):
-        row = np.asarray(_as_numpy(row), dtype=np.float64)
         expected_len = len(context["completion_ids"][i])
+        row = np.zeros(expected_len) if missing[i] else np.asarray(_as_numpy(row), dtype=np.float64)
         if len(row) != expected_len:
             raise RewardError(
                 f"reward source {name!r} returned {len(row)} per-token rewards for completion "
@@ -998,7 +1023,7 @@ def _check_result(
                 f"of completion {_describe_item(i, context)}"
             )
         per_token.append(row)
-    return np.zeros(n), per_token
+    return np.zeros(n), per_token, missing
 
 
 def _check_finite(name: str, values: np.ndarray, context: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ then on the rendered text is the prompt (in observations, ``info`` and reward so
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import torch
 from gymnasium import spaces
 
 from textenv.models import DEFAULT_MODEL, context_length, load_tokenizer
-from textenv.prompts import Conversation, PromptError, load_prompts, render_prompts
+from textenv.prompts import Conversation, PromptError, load_prompt_rows, render_prompts
 from textenv.rewards import RewardPipeline
 
 DEFAULT_PROMPTS = "movie-reviews"
@@ -48,6 +49,8 @@ class TextTask:
             are cut to it less ``max_new_tokens`` (see :attr:`prompt_limit`).
         options: :meth:`build`'s arguments as given (but ``plugin_manager``): checkpoints record the run's
             definition (the prompts' source, the reward spec as written) from them.
+        columns: the prompts' other dataset columns by name, one value per prompt (see
+            :func:`textenv.prompts.load_prompt_rows`); reward functions get them as keyword arguments.
     """
 
     model_name: str | None
@@ -64,6 +67,7 @@ class TextTask:
     templated: frozenset[str] = field(default_factory=frozenset)
     context_length: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    columns: dict[str, list] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -89,7 +93,9 @@ class TextTask:
             tokenizer: a ready tokenizer object (overrides ``model`` for tokenizing).
             prompts: a list of strings or of conversations (TRL's ``[{"role": "user",
                 "content": "..."}]``, rendered with the chat template), a ``.txt``/``.jsonl``
-                file, a prompt-set name, or a ``datasets.Dataset`` with a ``prompt`` column.
+                file, a prompt-set name, a ``datasets.Dataset`` with a ``prompt`` column, or a list of
+                rows (``{"prompt": ..., "solution": ...}``). A dataset's other columns (a JSONL record's or
+                a row's other keys) reach reward functions as keyword arguments, as in TRL.
             max_new_tokens: the completion length limit (truncated past it).
             max_prompt_tokens: the prompt width P; by default the longest prompt's, at most the
                 model's context length less ``max_new_tokens`` (the context read from the model's
@@ -126,7 +132,7 @@ class TextTask:
             raise ValueError(f"max_prompt_tokens={max_prompt_tokens} + max_new_tokens={max_new_tokens} is past the "
                              f"model's context of {context} tokens; give max_prompt_tokens <= "
                              f"{context - max_new_tokens}")
-        items = load_prompts(prompts, plugin_manager)
+        items, columns = load_prompt_rows(prompts, plugin_manager)
         texts = render_prompts(items, tokenizer)
         rewards = RewardPipeline.from_spec(reward, plugin_manager, timeout=reward_timeout)
         eos = list(eos_token_ids) if eos_token_ids is not None else [tokenizer.eos_token_id]
@@ -147,12 +153,31 @@ class TextTask:
             chat_template=chat_template,
             templated=frozenset(t for t, item in zip(texts, items) if not isinstance(item, str)),
             context_length=context,
+            columns=columns,
             options=dict(model=model, tokenizer=tokenizer, prompts=prompts, max_new_tokens=max_new_tokens,
                          max_prompt_tokens=max_prompt_tokens, reward=reward, reward_timeout=reward_timeout,
                          chat_template=chat_template, eos_token_ids=eos_token_ids, vocab_size=vocab_size),
         )
         task.prompt_ids, task.prompt_mask = task.encode(texts, width=max_prompt_tokens)
         return task
+
+    def columns_for(self, prompts: Sequence[str]) -> dict[str, list]:
+        """The dataset columns of each prompt, found by its text; None in every column for a text not in the set.
+
+        Prompts of the same text share the first one's columns.
+        """
+        if not self.columns:
+            return {}
+        rows = [self._row_of_text.get(text) for text in prompts]
+        return {name: [None if i is None else values[i] for i in rows] for name, values in self.columns.items()}
+
+    @functools.cached_property
+    def _row_of_text(self) -> dict[str, int]:
+        """The first prompt index of each prompt text."""
+        index: dict[str, int] = {}
+        for i, text in enumerate(self.prompts):
+            index.setdefault(text, i)
+        return index
 
     @property
     def prompt_width(self) -> int:

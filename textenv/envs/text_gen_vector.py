@@ -246,7 +246,9 @@ class TextGenVectorEnv(VectorEnv):
             flat = [[i] for ids in completion_ids for i in ids]
             pieces = iter(self.task.tokenizer.batch_decode(flat, skip_special_tokens=True))
             tokens = [[next(pieces) for _ in ids] for ids in completion_ids]
-        batch = self.task.rewards(prompts, completions, completion_ids, ended_by_eos, tokens)
+        columns = self.task.columns_for(prompts)  # the prompts' other dataset columns, for TRL-style functions
+        extra = {"columns": columns} if columns else {}
+        batch = self.task.rewards(prompts, completions, completion_ids, ended_by_eos, tokens, **extra)
         values = {
             "prompt": prompts,
             "completion": completions,
