@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 
 import pytest
 
 from textenv import cli
 from textenv.plugins.human.store import _SCHEMA, APPLICATION_ID, FeedbackStore, FeedbackStoreError, Keypress
+from textenv.rewards import RewardError, RewardPipeline
 
 
 @pytest.fixture
@@ -174,3 +176,15 @@ def test_a_store_written_before_the_mark_is_adopted(tmp_path):
     with FeedbackStore(path) as store:
         assert store.preference_pairs() == [{"prompt": "p", "chosen": "x", "rejected": "y"}]
         assert store._db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+def test_a_directory_given_as_the_store_is_said_to_be_one_in_one_line(tmp_path, capsys, pm):
+    said = f"{tmp_path}: is a directory; expected a feedback store file (or a new file's path)"
+    with pytest.raises(FeedbackStoreError, match=f"^{re.escape(said)}$"):
+        FeedbackStore(tmp_path)
+    for argv in (["feedback", "stats", "--db", str(tmp_path)],
+                 ["feedback", "export", "--db", str(tmp_path), "--output", str(tmp_path / "prefs.jsonl")]):
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == f"textenv: error: {said}\n"
+    with pytest.raises(RewardError, match=f"^reward term 'human': db=: {re.escape(said)}$"):
+        RewardPipeline.from_spec(f"human(db={tmp_path})", pm)  # when the spec is read, before any model loads

@@ -20,7 +20,7 @@ from pathlib import Path
 from textenv.envs.task import DEFAULT_PROMPTS
 from textenv.models import DEFAULT_MODEL
 from textenv.plugin_manager import hookimpl
-from textenv.plugins.human.store import FeedbackStore, FeedbackStoreError
+from textenv.plugins.human.store import FeedbackStore, FeedbackStoreError, check_store_path
 from textenv.plugins.human.terminal import TerminalError
 
 
@@ -68,6 +68,7 @@ def textenv_add_commands(subparsers):
 
 
 def _open_existing(path: str) -> FeedbackStore:
+    check_store_path(path)
     if not Path(path).is_file():
         raise FeedbackStoreError(f"{path}: no such feedback store")
     return FeedbackStore(path)

@@ -70,7 +70,20 @@ def human(
     return human_source(options)(prompts, completions, completion_ids, tokens)
 
 
+def check_options(*, db: str = "feedback.db", **_: Any) -> None:
+    """Refuse a ``db=`` that is a directory, when the spec is read rather than after the first rollout.
+
+    Raises:
+        ValueError: the path is a directory.
+    """
+    from textenv.plugins.human.store import FeedbackStoreError, check_store_path
+
+    try:
+        check_store_path(db)
+    except FeedbackStoreError as exc:
+        raise ValueError(f"db=: {exc}") from None
+
+
 @hookimpl
 def textenv_reward_sources():
-    # origin given here: the plugin manager would otherwise copy the source into a plain RewardSource to set it
-    return [HumanSource("human", human, origin="built-in")]
+    return [HumanSource("human", human, check_options=check_options)]

@@ -466,6 +466,16 @@ class FeedbackStore:
         self.close()
 
 
+def check_store_path(path: str | Path) -> None:
+    """Refuse a directory given as the store, in one line (``--db runs/``, ``human(db=runs)``).
+
+    Raises:
+        FeedbackStoreError: the path is a directory.
+    """
+    if Path(path).is_dir():
+        raise FeedbackStoreError(f"{path}: is a directory; expected a feedback store file (or a new file's path)")
+
+
 def inspect_database(path: str | Path) -> str:
     """What ``path`` holds, found without writing to it: ``"new"``, ``"store"`` or ``"legacy"``.
 
@@ -478,6 +488,7 @@ def inspect_database(path: str | Path) -> str:
         FeedbackStoreError: anything else (one line naming the file and what was expected).
     """
     path = Path(path)
+    check_store_path(path)
     expected = f"expected a textenv feedback store (SQLite, application_id {APPLICATION_ID:#x}) or a new file"
     try:
         if not path.exists() or (path.is_file() and path.stat().st_size == 0):
