@@ -7,9 +7,10 @@ import ast
 from pathlib import Path
 
 import pytest
+from installed_plugins import make_distribution
 
 import textenv
-from textenv import cli
+from textenv import cli, plugin_manager
 from textenv.plugin_manager import PluginError
 
 CORE = Path(textenv.__file__).parent
@@ -117,3 +118,21 @@ def test_the_core_imports_no_agent_and_no_plugin():
                       if name.split(".")[:2] in (["textenv", "agents"], ["textenv", "plugins"])
                       or name.split(".")[0] in ("agents", "plugins")]
     assert found == []
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["-h"]])
+def test_help_works_with_a_broken_plugin_installed_and_names_it(tmp_path, monkeypatch, capsys, argv):
+    """The plugins build the parser, so one that fails to import used to leave no --help at all."""
+    make_distribution(tmp_path, body="import no_such_dependency\n", name="textenv-broken-plugin")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("TEXTENV_DISABLE_PLUGIN_AUTOLOAD", "TEXTENV_DISABLE_PLUGINS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(plugin_manager, "_default", None)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(argv)
+    assert exited.value.code == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"usage: textenv{' train' if 'train' in argv else ''}")
+    assert err.count("\n") == 1 and err.startswith("textenv: plugin 'demo' from textenv-broken-plugin 1.0 failed to "
+                                                   "load") and "textenv -p no:demo" in err
+    assert cli.main(["plugins"]) == 2  # a command still stops on it, saying how to run without it

@@ -189,6 +189,7 @@ def test_textenv_plugins_says_an_empty_prompt_set_in_one_line(fresh_default_pm, 
     assert err == "textenv: error: plugin 'empty-sets' (test) returned a bad prompt set: its prompt set 'nothing' " \
                   "is empty\n"
 
+
 def test_python_function_file_with_a_dataclass_and_postponed_annotations(pm, tmp_path):
     script = tmp_path / "dataclass_rewards.py"
     script.write_text(textwrap.dedent("""

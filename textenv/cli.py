@@ -35,6 +35,7 @@ from textenv.plugin_manager import (
     PluginManager,
     configure_plugins,
     get_plugin_manager,
+    make_plugin_manager,
 )
 from textenv.prompts import PromptError
 from textenv.rewards import RewardError
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         disabled, load, no_autoload = plugin_switches(argv)
         if disabled or load or no_autoload:  # before any plugin loads: the parser is built by the plugins
             configure_plugins(disabled=disabled, load=load, autoload=False if no_autoload else None)
-        parser, user_errors = build_parser()
+        parser, user_errors = _parser_for(argv, disabled, load)
         args = parser.parse_args(argv)
         return args.run(args) or 0
     except user_errors as exc:
@@ -102,6 +103,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:  # a second Ctrl-C during training, one in a reward call, or one while loading
         print(f"textenv: interrupted{f': {exc}' if str(exc) else ''}", file=sys.stderr)
         return 130
+
+
+def _parser_for(
+    argv: list[str], disabled: list[str], load: list[str]
+) -> tuple[argparse.ArgumentParser, tuple[type[Exception], ...]]:
+    """:func:`build_parser`; for ``--help``, when an installed plugin fails to load, the parser without them.
+
+    Plugins build the parser, so a broken one would leave no help at all: the failure is said in one line,
+    and the help lists the core's and the built-ins' commands.
+    """
+    try:
+        return build_parser()
+    except PluginError as exc:
+        if not any(arg in ("-h", "--help") for arg in argv[: argv.index("--") if "--" in argv else None]):
+            raise
+        print(f"textenv: {exc}; the help below leaves every installed plugin out", file=sys.stderr)
+        return build_parser(make_plugin_manager(autoload=False, disabled=disabled, load=load))
 
 
 def plugin_switches(argv: list[str]) -> tuple[list[str], list[str], bool]:
