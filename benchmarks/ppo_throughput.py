@@ -17,6 +17,8 @@ then ``--steps`` timed steps; medians. Run::
 
     bash benchmarks/baselines/setup_trl011.sh && bash benchmarks/baselines/setup_trl116.sh  # once
     .venv/bin/python benchmarks/ppo_throughput.py --steps 3
+
+``--model tiny-random --steps 1 --warmup 0`` runs our side alone in seconds (the test suite's smoke run).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pathlib import Path
 from timing import TimedRewards
 
 HERE = Path(__file__).resolve().parent
+MODEL = "smollm2-135m"  # the baselines load its converted safetensors: they run on this model only
 BASELINES = HERE / "baselines"
 TRL011_PYTHON = BASELINES / ".venv-trl011" / "bin" / "python"
 TRL116_PYTHON = BASELINES / ".venv-trl116" / "bin" / "python"
@@ -44,7 +47,8 @@ KEEP_FREED_MEMORY = {"GLIBC_TUNABLES": "glibc.malloc.mmap_max=0:glibc.malloc.tri
 # ------------------------------------------------------------------ our side
 
 
-def run_ours(mode: str, precision: str, steps: int, warmup: int, keep_cpu_memory: bool = True) -> dict:
+def run_ours(mode: str, precision: str, steps: int, warmup: int, keep_cpu_memory: bool = True,
+             model: str = MODEL) -> dict:
     """One of our runs in this process; returns the medians as a dict."""
     import gymnasium as gym
     import torch
@@ -52,7 +56,7 @@ def run_ours(mode: str, precision: str, steps: int, warmup: int, keep_cpu_memory
     import textenv  # noqa: F401  (registers the env)
     from textenv.agents import PPO
 
-    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward="sentiment",
+    env = gym.make("textenv/TextGen-v0", model=model, prompts="movie-reviews", reward="sentiment",
                    max_new_tokens=32, eos_token_ids=[])  # exactly 32 tokens, as trl's min_new_tokens
     if mode == "ppo":
         options = dict(batch_size=16, mini_batch_size=8, ppo_epochs=4)
@@ -93,6 +97,9 @@ def _medians(rows: list[dict]) -> dict:
 # ------------------------------------------------------------------ the parent
 
 
+FAILED: list[str] = []  # the systems whose run failed: the script then exits 1, after printing the others
+
+
 def child(cmd: list[str], label: str, env: dict[str, str] | None = None) -> dict | None:
     """Run one system in its own process (``env`` added to its environment); its last stdout line is its JSON."""
     print(f"running {label} ...", flush=True)
@@ -101,6 +108,7 @@ def child(cmd: list[str], label: str, env: dict[str, str] | None = None) -> dict
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         print(f"  {label} failed (exit {result.returncode}):\n{result.stderr[-2000:]}", flush=True)
+        FAILED.append(label)
         return None
     figures = json.loads(lines[-1])
     parts = figures.pop("breakdown_s", {})  # the baselines' names for the same phases
@@ -121,22 +129,23 @@ def table(results: list[dict]) -> None:
         print(f"{r['system']:<30}{r['precision']:<10}{cells}")
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per system (after one warm-up)")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--only", choices=["ppo", "grpo"], help="run only this comparison")
+    parser.add_argument("--model", default=MODEL, help=f"our side's model; the trl baselines run only on {MODEL}")
     parser.add_argument("--ours", choices=["ppo", "grpo"], help=argparse.SUPPRESS)  # child mode
     parser.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--keep-cpu-memory", choices=["on", "off"], default="on",
                         help="with --ours: PPOConfig.keep_cpu_memory (off: glibc's default malloc)")
     args = parser.parse_args()
     if args.ours:
-        print(json.dumps(run_ours(args.ours, args.precision, args.steps, args.warmup, args.keep_cpu_memory == "on")),
-              flush=True)
-        return
+        print(json.dumps(run_ours(args.ours, args.precision, args.steps, args.warmup, args.keep_cpu_memory == "on",
+                                  args.model)), flush=True)
+        return 0
 
-    me = [sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup)]
+    me = [sys.executable, __file__, "--steps", str(args.steps), "--warmup", str(args.warmup), "--model", args.model]
     print(f"load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores", flush=True)
     if args.only in (None, "ppo"):
         results = [r for r in (
@@ -158,10 +167,16 @@ def main() -> None:
         table(results)
         _ratio(results, "textenv grpo", "trl")
     print(f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    if FAILED:
+        print(f"failed: {', '.join(FAILED)}", flush=True)
+    return 1 if FAILED else 0
 
 
 def _trl(python: Path, script: str, extra: list[str], args, label: str,
          env: dict[str, str] | None = None) -> dict | None:
+    if args.model != MODEL:
+        print(f"skipping {label}: the baselines run on {MODEL} only, not --model {args.model}")
+        return None
     if not python.exists():
         print(f"skipping {label}: run bash benchmarks/baselines/setup_{python.parent.parent.name[6:]}.sh first")
         return None
@@ -184,4 +199,4 @@ def _ratio(results: list[dict], ours_prefix: str, theirs_prefix: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

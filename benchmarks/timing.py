@@ -21,14 +21,22 @@ class TimedRewards:
     def wants_tokens(self) -> bool:
         return self.pipeline.wants_tokens
 
+    @property
+    def interactive(self) -> bool:
+        return self.pipeline.interactive
+
+    @property
+    def terms(self) -> list:
+        return self.pipeline.terms
+
     def state_dict(self) -> dict:
         return self.pipeline.state_dict()
 
     def load_state_dict(self, state) -> None:
         self.pipeline.load_state_dict(state)
 
-    def one_batch(self):
-        return self.pipeline.one_batch()  # a rollout normalizes with one set of statistics
+    def one_batch(self, *args, **kwargs):
+        return self.pipeline.one_batch(*args, **kwargs)  # a rollout normalizes with one set of statistics
 
     def __call__(self, *args, **kwargs):
         start = time.perf_counter()
