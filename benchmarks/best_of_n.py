@@ -30,9 +30,10 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="samples per prompt (a power of 2)")
     parser.add_argument("--reward", default="sentiment + repetition")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="smollm2-135m", help="the sampling model (tiny-random: a smoke run)")
     args = parser.parse_args()
 
-    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward=args.reward,
+    env = gym.make("textenv/TextGen-v0", model=args.model, prompts="movie-reviews", reward=args.reward,
                    max_new_tokens=32)
     agent = PPO(env, advantage="rloo", init_kl_coef=0.0, adaptive_kl=False, progress=False, seed=args.seed)
     rng = np.random.default_rng(args.seed)

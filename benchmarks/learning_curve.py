@@ -30,6 +30,7 @@ from textenv.cli import add_dataclass_arguments
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m", help="the policy's model (tiny-random: a smoke run)")
     parser.add_argument("--episodes", type=int, default=1000, help="budget: whole iterations up to this many")
     parser.add_argument("--reward", default=TRAIN_REWARD, help=f"reward spec (default: {TRAIN_REWARD!r})")
     parser.add_argument("--goal", type=float, default=0.8, help="mean VADER compound to reach")
@@ -42,7 +43,7 @@ def main() -> None:
     options = {"run_dir": "runs/learning_curve", "checkpoint_every": 0, "sample_every": 10, "progress": False,
                **options}
 
-    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward=args.reward,
+    env = gym.make("textenv/TextGen-v0", model=args.model, prompts="movie-reviews", reward=args.reward,
                    max_new_tokens=32)
     agent = PPO(env, **options)
     changed = {k: v for k, v in dataclasses.asdict(agent.config).items() if v != getattr(PPOConfig(), k)}

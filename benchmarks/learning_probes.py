@@ -60,6 +60,8 @@ VADER = "reward/sentiment_dense"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default="smollm2-135m", help="the policy's model (tiny-random: a smoke run)")
+    parser.add_argument("--episodes", type=int, default=1000, help="budget: whole iterations of 64 up to this many")
     parser.add_argument("--adam-eps", type=float, default=1e-8)
     parser.add_argument("--freeze-embeddings", action="store_true")
     parser.add_argument("--clip-high", type=float, default=None)
@@ -72,7 +74,7 @@ def main() -> None:
     parser.add_argument("--eval-batches", type=int, default=4)
     args = parser.parse_args()
 
-    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews",
+    env = gym.make("textenv/TextGen-v0", model=args.model, prompts="movie-reviews",
                    reward="sentiment_dense + repetition", max_new_tokens=32)
     agent = PPO(env, learning_rate=5e-5, lr_decay_episodes=960, seed=args.seed, batch_size=64, mini_batch_size=16,
                 ppo_epochs=2, vf_coef=0.5, lam=0.8, init_kl_coef=0.085, adam_eps=args.adam_eps, progress=False)
@@ -96,7 +98,7 @@ def main() -> None:
 
     start = time.perf_counter()
     print(f"{'episodes':>8} {'vader':>7} {'kl':>6} {'clipfrac':>8} {'entropy':>7}", flush=True)
-    while agent.num_episodes + agent.config.batch_size <= 1000:
+    while agent.num_episodes + agent.config.batch_size <= args.episodes:
         stats = agent.train_iteration()
         print(f"{agent.num_episodes:>8} {stats[VADER]:>+7.3f} {stats['objective/kl']:>6.2f} "
               f"{stats['losses/clipfrac']:>8.3f} {stats['losses/entropy']:>7.3f}", flush=True)

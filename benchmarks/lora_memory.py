@@ -28,7 +28,7 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def run(mode: str, iterations: int, rank: int) -> dict:
+def run(mode: str, iterations: int, rank: int, model: str = "smollm2-135m") -> dict:
     """A few PPO iterations in this process; its peak RSS and timings."""
     import gymnasium as gym
     import torch
@@ -36,7 +36,7 @@ def run(mode: str, iterations: int, rank: int) -> dict:
     import textenv  # noqa: F401  (registers the env)
     from textenv.agents import PPO
 
-    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward="sentiment",
+    env = gym.make("textenv/TextGen-v0", model=model, prompts="movie-reviews", reward="sentiment",
                    max_new_tokens=32, eos_token_ids=[])  # exactly 32 tokens per episode
     options = dict(batch_size=16, mini_batch_size=8, ppo_epochs=4, progress=False, seed=0)
     if mode == "lora":
@@ -65,17 +65,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--model", default="smollm2-135m", help="tiny-random: a smoke run")
     parser.add_argument("--mode", choices=["full", "lora"], help=argparse.SUPPRESS)  # a child process's one run
     args = parser.parse_args()
     if args.mode:
-        print(json.dumps(run(args.mode, args.iterations, args.rank)))
+        print(json.dumps(run(args.mode, args.iterations, args.rank, args.model)))
         return
     rows = []
     for mode in ("full", "lora"):
         out = subprocess.run([sys.executable, __file__, "--mode", mode, "--iterations", str(args.iterations),
-                              "--rank", str(args.rank)], capture_output=True, text=True, check=True)
+                              "--rank", str(args.rank), "--model", args.model], capture_output=True, text=True)
+        if out.returncode:
+            sys.exit(f"the {mode} run failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"PPO on SmolLM2-135M, 16 x 32 tokens, 4 epochs, {args.iterations} iterations, "
+    print(f"PPO on {args.model}, 16 x 32 tokens, 4 epochs, {args.iterations} iterations, "
           f"bf16={rows[0]['bf16']}, LoRA rank {args.rank}")
     print(f"{'mode':<6} {'peak RSS':>10} {'after setup':>12} {'trainable':>12} {'s/iteration':>12}")
     for r in rows:

@@ -72,20 +72,22 @@ def main() -> None:
     parser.add_argument("--mini-batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--mixed-precision", default="bf16", choices=["no", "bf16"])
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="the launches to compare")
     args = parser.parse_args()
     print(f"{args.model}: {args.iterations} iterations of {args.batch_size} episodes x {args.max_new_tokens} new "
           f"tokens, mini-batches of {args.mini_batch_size}, --mixed_precision {args.mixed_precision}, "
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for n in (1, 2):
+        for n in args.processes:
             results[n] = run(n, args, Path(tmp) / f"p{n}")
             r = results[n]
             print(f"{n} process(es): {r['tokens_per_s']:.1f} tokens/s (median of iterations 2-{args.iterations}; "
                   f"each: {r['per_iteration']}), {r['s_per_iteration']:.1f} s/iteration (rollout {r['rollout']:.1f}, "
                   f"log-probs {r['prepare']:.1f}, update {r['update']:.1f}), "
                   f"{r['wall_s']:.0f} s in all", flush=True)
-    print(f"2 processes / 1 process: {results[2]['tokens_per_s'] / results[1]['tokens_per_s']:.2f}x tokens/s")
+    if 1 in results and 2 in results:
+        print(f"2 processes / 1 process: {results[2]['tokens_per_s'] / results[1]['tokens_per_s']:.2f}x tokens/s")
 
 
 if __name__ == "__main__":

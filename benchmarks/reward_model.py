@@ -126,12 +126,15 @@ def main() -> None:
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbone", default=None,
+                        help="default: RewardModelConfig's (all-MiniLM-L6-v2); tiny-random: a smoke run")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     pairs = vader_pairs(args.pairs, args.seed)
     config = RewardModelConfig(
+        **({"backbone": args.backbone} if args.backbone else {}),
         epochs=args.epochs,
         lr=args.lr,
         pooling=args.pooling,

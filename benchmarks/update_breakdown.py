@@ -13,10 +13,13 @@ CPU has it. Prints medians in milliseconds of:
 Run::
 
     .venv/bin/python benchmarks/update_breakdown.py
+
+(``--model tiny-random``: the same figures of the tiny model in seconds, the test suite's smoke run.)
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -43,7 +46,10 @@ def median_ms(agent: PPO, work: Callable[[], None], repeats: int = 7) -> float:
 
 
 def main() -> None:
-    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts="movie-reviews", reward="sentiment",
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    args = parser.parse_args()
+    env = gym.make("textenv/TextGen-v0", model=args.model, prompts="movie-reviews", reward="sentiment",
                    max_new_tokens=32, eos_token_ids=[])
     agent = PPO(env, progress=False, seed=0, batch_size=16, mini_batch_size=8, ppo_epochs=4)
     batch, _ = agent.make_batch(agent.rollout())

@@ -7,6 +7,7 @@ Standard library only: each baseline imports it from its own venv (trl 0.11.4 on
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -42,6 +43,19 @@ def common_parser(description: str, *, precision: str, precision_help: str, step
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def require_trl(version: str, name: str) -> None:
+    """Exit with a one-line message when trl is not importable: the baselines run in venvs of their own.
+
+    Args:
+        version: the trl version the script is written for.
+        name: its venv's short name: ``setup_NAME.sh`` makes ``.venv-NAME``.
+    """
+    if importlib.util.find_spec("trl") is None:
+        sys.exit(f"trl is not installed for {sys.executable}: this baseline needs trl {version} in a venv of its own; "
+                 f"make it with `bash benchmarks/baselines/setup_{name}.sh`, then run "
+                 f"`benchmarks/baselines/.venv-{name}/bin/python benchmarks/baselines/{Path(sys.argv[0]).name}`")
 
 
 def read_prompts(path: Path) -> list[str]:

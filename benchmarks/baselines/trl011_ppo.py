@@ -28,7 +28,7 @@ import time
 import warnings
 from pathlib import Path
 
-from baseline_common import common_parser, cpu_seconds, log_step, print_summary, read_prompts
+from baseline_common import common_parser, cpu_seconds, log_step, print_summary, read_prompts, require_trl
 
 
 def parse_args(argv=None):
@@ -90,6 +90,7 @@ def load_policy(model_dir: Path):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    require_trl("0.11.4", "trl011")
     warnings.filterwarnings("ignore")
     import numpy as np
     import torch

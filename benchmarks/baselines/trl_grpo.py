@@ -31,7 +31,7 @@ import time
 import warnings
 from collections import defaultdict
 
-from baseline_common import common_parser, cpu_seconds, log_step, print_summary, read_prompts
+from baseline_common import common_parser, cpu_seconds, log_step, print_summary, read_prompts, require_trl
 
 
 def parse_args(argv=None):
@@ -46,6 +46,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    require_trl("1.16.0", "trl116")
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
