@@ -136,3 +136,13 @@ def test_help_works_with_a_broken_plugin_installed_and_names_it(tmp_path, monkey
     assert err.count("\n") == 1 and err.startswith("textenv: plugin 'demo' from textenv-broken-plugin 1.0 failed to "
                                                    "load") and "textenv -p no:demo" in err
     assert cli.main(["plugins"]) == 2  # a command still stops on it, saying how to run without it
+
+
+def test_the_demo_prints_a_megabyte_prompt_shortened_with_its_length(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("x" * 1_000_000 + "\n")
+    argv = ["demo", "--model", "tiny-random", "--prompts", str(prompts), "--num-prompts", "1", "--max-new-tokens", "2",
+            "--reward", "length"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert len(out) < 2_000 and "... (1,000,000 characters)" in out

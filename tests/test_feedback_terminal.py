@@ -9,6 +9,7 @@ import subprocess
 import sys
 import termios
 import textwrap
+import threading
 import time
 
 import pytest
@@ -16,6 +17,9 @@ from patience import STALL, run, wait_for_exit, wait_until
 
 from textenv import cli
 from textenv.models import TINY_MODEL
+from textenv.plugins.human.episodes import rate_completions
+from textenv.plugins.human.simulated import SimulatedHuman
+from textenv.plugins.human.store import FeedbackStore
 from textenv.plugins.human.terminal import KeyReader, TerminalError, split_keys
 
 
@@ -185,3 +189,22 @@ def test_human_feedback_under_a_launch_of_several_processes_is_refused_in_one_li
     assert cli.main(["train", "--model", TINY_MODEL, "--reward", f"human(tty='{tty}')"]) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert "reward source 'human' talks to one person at one terminal" in line and "started 2 (WORLD_SIZE)" in line
+
+
+def test_a_person_rating_sees_a_megabyte_prompt_shortened_with_its_length(tmp_path):
+    huge = "x" * 1_000_000
+    with SimulatedHuman(judge=False) as person, FeedbackStore(tmp_path / "f.db") as store, \
+            KeyReader(tty_path=person.tty_path) as reader:
+        session = store.start_session("rate")
+
+        def answer():
+            wait_until(lambda: "[1/" in "".join(person.screen), what="the question", poll=0.01,
+                       progress=[lambda: len(person.screen)])
+            time.sleep(0.05)
+            person.type("4")
+
+        threading.Thread(target=answer, daemon=True).start()
+        assert rate_completions(store, session, reader, [huge], [" fine"], [[1]], [[" fine"]]) == (1, False)
+        screen = "".join(person.screen)
+        assert store.ratings()[0]["prompt"] == huge  # the store keeps it whole
+    assert "... (1,000,000 characters)" in screen and len(screen) < 5_000

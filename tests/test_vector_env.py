@@ -269,3 +269,13 @@ def test_info_is_laid_out_as_gymnasium_sync_vector_env_lays_it_out(tiny_options,
         obs, _, _, _, info = vec.step(torch.as_tensor(actions))
         sync_obs, _, _, _, sync_info = sync.step(actions)
     assert checked == {"prompt", "completion"}
+
+
+def test_human_rendering_shortens_a_megabyte_prompt_and_says_its_length(tiny_options, capsys):
+    huge = "x" * 1_000_000 + " the end"
+    vec = TextGenVectorEnv(1, render_mode="human", **{**tiny_options, "prompts": [huge]})
+    vec.reset(seed=0)
+    vec.step(torch.tensor([1]))  # EOS: the episode ends and is printed
+    vec.render()
+    out = capsys.readouterr().out
+    assert len(out) < 2_000 and out.count("(1,000,008 characters)") == 2

@@ -37,7 +37,7 @@ from textenv.plugin_manager import (
     get_plugin_manager,
     make_plugin_manager,
 )
-from textenv.prompts import PromptError
+from textenv.prompts import PromptError, shortened
 from textenv.rewards import RewardError
 
 
@@ -322,7 +322,7 @@ def _plugins(args: argparse.Namespace) -> int:
     print(f"  {'python:MODULE:FUNCTION':<{width}}  any function of yours, loaded by name")
     print("prompt sets:")
     for name, prompts in sorted(pm.prompt_sets().items()):
-        print(f"  {name:<{width}}  {len(prompts)} prompts, e.g. {prompts[0]!r}")
+        print(f"  {name:<{width}}  {len(prompts)} prompts, e.g. {shortened(repr(prompts[0]))}")
     return 0
 
 
@@ -357,7 +357,7 @@ def _demo(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - start
     for i, (prompt, completion) in enumerate(zip(episodes.prompts, episodes.completions)):
         terms = "  ".join(f"{k} {v[i]:+.3f}" for k, v in episodes.reward_terms.items())
-        print(f"\n[{i}] {prompt}\u27e6{completion}\u27e7\n    reward {episodes.rewards[i]:+.3f}  ({terms})")
+        print(f"\n[{i}] {shortened(prompt)}\u27e6{completion}\u27e7\n    reward {episodes.rewards[i]:+.3f}  ({terms})")
     print(f"\n{tokens} tokens in {elapsed:.1f} s ({tokens / elapsed:.1f} tokens/s); "
           f"mean reward {episodes.rewards.mean():+.3f}")
     return 0

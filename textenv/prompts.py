@@ -20,6 +20,16 @@ Conversation = list[dict[str, Any]]
 """A conversational prompt: ``[{"role": "user", "content": "..."}, ...]``."""
 
 
+DISPLAY_CHARS = 200
+"""The most characters of a prompt printed to a terminal (``textenv demo``, a person labelling, human rendering)."""
+
+
+def shortened(text: str, limit: int = DISPLAY_CHARS) -> str:
+    """``text`` as a terminal shows it: whole, or its first ``limit`` characters and how long it was (a megabyte
+    prompt is not printed whole)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 class PromptError(ValueError):
     """Prompts could not be read; the message gives the file and line, or the bad item."""
 

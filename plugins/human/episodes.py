@@ -23,6 +23,7 @@ import numpy as np
 from textenv.plugins.human.store import FeedbackStore
 from textenv.plugins.human.stream import printable
 from textenv.plugins.human.terminal import KeyReader
+from textenv.prompts import shortened
 
 RATE_HELP = "rate {lo}-{hi} · s skip · q quit · ? help"
 COMPARE_HELP = "a or ← left is better · b or → right is better · t tie · s skip · q quit · ? help"
@@ -128,7 +129,8 @@ def rate_completions(
     for i, (prompt, completion) in enumerate(zip(prompts, completions)):
         episode_id = store.add_episode(session_id, prompt, completion, completion_ids[i], tokens[i])
         asked_at = time.time()  # before the write: a key read once the question is out is never dropped
-        out.write(f"\n{_DIM}[{i + 1}/{len(completions)}] {prompt}{_RESET}{_BOLD}{printable(completion)}{_RESET}\n"
+        shown = printable(shortened(prompt))
+        out.write(f"\n{_DIM}[{i + 1}/{len(completions)}] {shown}{_RESET}{_BOLD}{printable(completion)}{_RESET}\n"
                   f"  {help_line}: ")
         out.flush()
         answer = _next_key(reader, allowed, out, help_line, asked_at=asked_at)
@@ -169,7 +171,7 @@ def compare_completions(
         if rng.random() < 0.5:
             i, j = j, i
         asked_at = time.time()  # before the write: a key read once the question is out is never dropped
-        out.write(f"\n{_DIM}[{n + 1}/{len(pairs)}] {prompts[i]}{_RESET}\n"
+        out.write(f"\n{_DIM}[{n + 1}/{len(pairs)}] {printable(shortened(prompts[i]))}{_RESET}\n"
                   f"  {_BOLD}A{_RESET} {printable(completions[i])}\n  {_BOLD}B{_RESET} {printable(completions[j])}\n"
                   f"  {COMPARE_HELP}: ")
         out.flush()

@@ -38,6 +38,7 @@ import numpy as np
 from textenv.plugins.human.credit import UniformDelay, credit_keypresses, hidden_times
 from textenv.plugins.human.store import FeedbackStore, Keypress
 from textenv.plugins.human.terminal import Key, KeyReader
+from textenv.prompts import shortened
 
 GOOD_KEYS = ("up", "+", "=", "g")
 BAD_KEYS = ("down", "-", "_", "b")
@@ -352,7 +353,7 @@ class TokenFeedback:
                 with self._batch_lock:
                     shown_at = batch.add(episode_ids[i], len(completion_ids[i]))
                 self.current_episode = episode_ids[i]
-                self.write(f"\n{_DIM}[{i + 1}/{n}] {prompts[i]}{_RESET} {COMPLETION_START}")
+                self.write(f"\n{_DIM}[{i + 1}/{n}] {printable(shortened(prompts[i]))}{_RESET} {COMPLETION_START}")
                 self._mid_completion = True
                 step = 1.0 / cfg.pace
                 next_time = time.time() + step

@@ -18,6 +18,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from textenv.envs.task import TextTask
+from textenv.prompts import shortened
 
 
 class TextGenVectorEnv(VectorEnv):
@@ -304,8 +305,8 @@ class TextGenVectorEnv(VectorEnv):
         return self.task.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
     def render(self) -> list[str] | None:
-        """Each row's prompt and completion so far, the completion in ⟦ ⟧."""
-        texts = [f"{p}\u27e6{c}\u27e7" for p, c in zip(self.row_prompts, self.completions())]
+        """Each row's prompt (a long one shortened, with its length) and completion so far, the completion in ⟦ ⟧."""
+        texts = [f"{shortened(p)}\u27e6{c}\u27e7" for p, c in zip(self.row_prompts, self.completions())]
         if self.render_mode == "human":
             print("\n".join(texts))
             return None
@@ -319,8 +320,8 @@ def _print_ended(rows: np.ndarray, info: dict[str, Any], rewards: torch.Tensor) 
     """Human rendering: each ended episode's prompt, completion, reward and reward terms."""
     for i in rows:
         terms = ", ".join(f"{k}={v[i]:+.3f}" for k, v in info["reward_terms"].items() if not k.startswith("_"))
-        print(f"[env {i}] {info['prompt'][i]}\u27e6{info['completion'][i]}\u27e7  reward {float(rewards[i]):+.3f} "
-              f"({terms})")
+        print(f"[env {i}] {shortened(info['prompt'][i])}\u27e6{info['completion'][i]}\u27e7  "
+              f"reward {float(rewards[i]):+.3f} ({terms})")
 
 
 def _merge_info(info: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
