@@ -1,7 +1,7 @@
 """One-off probes of the default task's reward-against-KL line, beyond PPOConfig's options.
 
-Trains run (bb) of docs/BENCHMARKS.md (lr 5e-5 annealed to 0 at 960 episodes, lambda 0.8,
-KL weight 0.085, 64 episodes per iteration, mini-batches of 16, 2 epochs, reward
+Trains the default setting of docs/BENCHMARKS.md's learning curve (lr 5e-5 annealed to 0 at 960 episodes,
+lambda 0.8, KL weight 0.085, 64 episodes per iteration, mini-batches of 16, 2 epochs, reward
 ``sentiment_dense + repetition``) with one change that is not an agent option, then
 measures the final policy on fresh samples as ``learning_curve.py`` does. The changes
 patch the agent from outside, for this script only:

@@ -151,6 +151,12 @@ def test_the_readme_is_a_front_page():
     assert first.code.split()[:2] == ["make", "train"] and "make test" in first.code
 
 
+def test_the_benchmarks_page_is_a_reference_not_a_diary():
+    """Each benchmark's current table, command, machine and one conclusion; the studies' full tables are on their
+    guide pages, earlier runs in git."""
+    assert len((DOCS / "BENCHMARKS.md").read_text().splitlines()) <= 250
+
+
 # ------------------------------------------------------------------------------------------------ running
 
 
