@@ -193,13 +193,13 @@ def _device_of(path: Path) -> str:
 
 
 def verify(path: str | Path) -> dict[str, Any]:
-    """Check a checkpoint against its manifest: every listed file present, of its size and sha256.
+    """Check a checkpoint against its manifest: every listed file present, of its size and sha256, and no other.
 
     Returns:
         The manifest.
 
     Raises:
-        CheckpointError: naming the file and what is wrong (missing, truncated, altered, no manifest).
+        CheckpointError: naming the file and what is wrong (missing, truncated, altered, not listed, no manifest).
     """
     path = Path(path)
     if path.name.endswith((".tmp", ".old")):
@@ -225,6 +225,11 @@ def verify(path: str | Path) -> dict[str, Any]:
                                   f"({'truncated or replaced' if size < expected['size'] else 'altered'})")
         if _sha256(file) != expected["sha256"]:
             raise CheckpointError(f"{file}: its sha256 differs from the manifest's (altered after it was written)")
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and p != manifest_path):
+        # Only what the manifest lists is loaded: a folder added later (a reference/, a model shard) never is.
+        if file.relative_to(path).as_posix() not in files:
+            raise CheckpointError(f"{file}: not in the manifest (added after the checkpoint was written); remove it "
+                                  "to load the checkpoint as it was written")
     return manifest
 
 

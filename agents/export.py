@@ -38,7 +38,7 @@ def textenv_add_commands(subparsers):
     p.add_argument("source", metavar="RUN_OR_CHECKPOINT", help="a checkpoint directory, or a run directory")
     p.add_argument("output", metavar="OUT", help="the directory to write (new, or empty; see --overwrite)")
     p.add_argument("--merge", action="store_true", help="fold the LoRA adapter into the base: a plain model")
-    p.add_argument("--overwrite", action="store_true", help="replace what OUT holds")
+    p.add_argument("--overwrite", action="store_true", help="replace what OUT holds (never the run being exported)")
     p.set_defaults(run=run_export)
     return [ExportError, CheckpointError]
 
@@ -70,6 +70,22 @@ def find_checkpoint(path: str | Path) -> Path:
         raise ExportError(str(exc)) from None
 
 
+def refuse_overlap(checkpoint: Path, output: str | Path) -> None:
+    """Refuse an output that is, holds or lies inside the run being exported (or the checkpoint itself, when it
+    is outside any run): writing there, ``--overwrite`` or not, would replace or mix the run's own files.
+
+    Raises:
+        ExportError: naming the output and the run.
+    """
+    from textenv.agents.run_dir import run_of_checkpoint
+
+    source = run_of_checkpoint(checkpoint, None) or checkpoint
+    source, out = Path(source).resolve(), Path(output).resolve()
+    if out == source or out.is_relative_to(source) or source.is_relative_to(out):
+        raise ExportError(f"{output}: is, holds or lies inside {source}, the run being exported; export to a "
+                          "directory outside it")
+
+
 def export(checkpoint: str | Path, output: str | Path, *, merge: bool, overwrite: bool = False) -> Path:
     """Write a (verified) checkpoint's policy to ``output``, through a temporary directory renamed at the end.
 
@@ -83,10 +99,12 @@ def export(checkpoint: str | Path, output: str | Path, *, merge: bool, overwrite
         ``output``.
 
     Raises:
-        ExportError: ``output`` is a file, or holds something and ``overwrite`` is False.
+        ExportError: ``output`` is a file, holds something and ``overwrite`` is False, or overlaps the run
+            being exported.
         CheckpointError: the LoRA base recorded in the run cannot be loaded.
     """
     checkpoint, output = Path(checkpoint), Path(output)
+    refuse_overlap(checkpoint, output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
         raise ExportError(f"{output}: exists and is not an empty directory (--overwrite replaces it)")
     model_dir = checkpoint / "model"

@@ -9,29 +9,23 @@ group baseline) → ``ppo_epochs`` passes of clipped PPO over mini-batches.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
-import shutil
-import signal
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import safetensors.torch
 import torch
 import torch.nn.functional as F
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from tqdm.auto import tqdm
-from transformers.utils import logging as hf_logging
 
-from textenv.agents import checkpoint, lora, run_definition
-from textenv.agents.checkpoint import STATE_FILE, CheckpointError
-from textenv.agents.policy import ActorCritic, frozen_copy
+from textenv.agents import checkpoint, learn_control, lora, ppo_checkpoint, run_definition, run_dir
+from textenv.agents.iteration_state import IterationState
+from textenv.agents.policy import ActorCritic, prepare_models
 from textenv.agents.ppo_config import PPOConfig
 from textenv.agents.ppo_math import (
     AdaptiveKLController,
@@ -45,37 +39,28 @@ from textenv.agents.ppo_math import (
     masked_whiten,
     policy_loss,
     value_loss,
+    weighted_mean,
+    weighted_sum,
+    without_left_padding,
 )
 from textenv.agents.processes import Processes
 from textenv.agents.run_log import RunLog, plot_reward_curve
 from textenv.devices import (
     autocast,
     keep_freed_cpu_memory,
-    launched_processes,
     resolve_device,
-    store_linear_weights_in_bf16,
     use_bf16,
 )
 from textenv.envs.task import TextTask
 from textenv.envs.text_gen_vector import TextGenVectorEnv
-from textenv.generation import Episodes, SamplingConfig, generate_episodes
-from textenv.models import load_causal_lm
+from textenv.generation import Episodes, SamplingConfig, generate_episodes, position_ids
+from textenv.models import DEFAULT_MODEL, load_causal_lm, resolve_model
+from textenv.prompts import shortened
 from textenv.rewards import RewardError, RewardInterrupted
-
-VALUE_FILE = "value.safetensors"
-"""The value head (and a separate value model), beside the policy's ``model/``."""
-OPTIMIZER_FILE = "optimizer.safetensors"
-"""Adam's moments and steps as tensors; its parameter groups as JSON in the safetensors metadata."""
-RNG_FILE = "rng.safetensors"
-"""torch's global RNG state and the sampling and shuffling generators' (and CUDA's)."""
 
 HISTORY_LIMIT = 2000
 """Iterations whose statistics :attr:`PPO.history` holds at most: past it, its older half is thinned to every
 second iteration, so memory and checkpoints stay bounded on long runs (TensorBoard keeps every iteration)."""
-
-IterationCallback = Callable[["PPO", dict[str, float]], "bool | None"]
-"""``callback(agent, stats)`` after each iteration of :meth:`PPO.learn`; ``False`` stops training."""
-
 
 class TrainingError(RuntimeError):
     """Training stopped on a non-finite loss or gradient, or a reward source's error (a NaN reward, say); the
@@ -142,18 +127,20 @@ class PPO:
         """
         self.config = PPOConfig.from_options(options)
         self._setup(env, model, reference=None, reference_is_env_model=model is None)
+        self._open_run(resumed_from=None)
 
     def _setup(
-        self, env: Any, model: torch.nn.Module | None, reference: torch.nn.Module | None, reference_is_env_model: bool
+        self, env: Any, model: torch.nn.Module | None, reference: torch.nn.Module | None, reference_is_env_model: bool,
+        processes: Processes | None = None,
     ) -> None:
         """Build everything but the run's state. ``reference_is_env_model``: the reference is the env's
         ``model`` as loaded, so checkpoints need not hold a copy of it."""
         cfg = self.config
-        self.task = _task_of(env)
-        self.processes = Processes.for_run(cfg.device)
+        self.task = task_of(env)
+        self.processes = processes or Processes.for_run(cfg.device)
         self.device = self.processes.device or resolve_device(cfg.device)
         self.bf16 = use_bf16(self.device, self.processes.precision(cfg.precision))
-        self._share_batch()
+        self.local_batch_size, self.local_mini_batch_size, self.micro_batch_size = self.processes.shares(cfg)
         if self.device.type == "cpu" and cfg.keep_cpu_memory:
             keep_freed_cpu_memory()
         self.env = TextGenVectorEnv(self.local_batch_size, task=self.task, device=self.device,
@@ -162,35 +149,17 @@ class PPO:
             if self.task.model_name is None:
                 raise ValueError("the env was built from a tokenizer only: give PPO a model=")
             model = load_causal_lm(self.task.model_name, device=self.device, dtype=torch.float32)
-        model = model.to(self.device).float()
-        self._prefer_eager_attention(model)
         self.reference_is_env_model = reference_is_env_model
-        if cfg.lora_rank and not lora.is_peft_model(model):
-            model = lora.wrap(model, rank=cfg.lora_rank, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                              targets=cfg.lora_target_modules, base=self._base_source(model))
-        self.lora = lora.is_peft_model(model)  # PPO(env, model=get_peft_model(...)) too
-        if self.lora and not lora.base_source(model):
-            raise ValueError("the LoRA model's base records no name_or_path, so no checkpoint could rebuild it: "
-                             "load the base with from_pretrained(path), or give lora_rank= and no model")
-        if self.lora and self.bf16:  # the frozen base only runs under bf16 autocast, as a reference does
-            lora.store_base_in_bf16(model)
-        if not cfg.uses_reference:
-            self.reference = None
-        elif self.lora:  # one copy of the base weights: the reference is the policy with its adapter disabled
-            self.reference = lora.AdapterDisabled(model)
-        else:
-            self.reference = reference.to(self.device) if reference is not None else frozen_copy(model)
-            self._prefer_eager_attention(self.reference)
-            if self.bf16:  # it only runs under bf16 autocast: same logits, no per-forward casts, less memory
-                store_linear_weights_in_bf16(self.reference)
+        model, self.reference = prepare_models(model, reference, cfg, self.device, self.bf16,
+                                               lora_base=lambda: self._base_source(model))
+        self.lora = lora.is_peft_model(model)
         self.policy = ActorCritic(
             model, with_value_head=cfg.uses_value_head, separate_value_model=cfg.value_model == "separate"
         ).to(self.device)
         self.policy.lm.config.use_cache = True
         self.trained = self.processes.prepare(self.policy)  # the update's forwards: gradients averaged (DDP)
-        self.optimizer = torch.optim.Adam(
-            self._param_groups(), lr=cfg.learning_rate, eps=cfg.adam_eps,
-            fused=True,  # one kernel for all parameters: 5x faster steps than the for-each default on a CPU
+        self.optimizer = torch.optim.Adam(  # fused: one kernel for all parameters, 5x faster steps on a CPU
+            self.policy.param_groups(cfg.learning_rate, cfg.value_learning_rate), eps=cfg.adam_eps, fused=True,
         )
         self.initial_learning_rates = [group["lr"] for group in self.optimizer.param_groups]  # lr_decay's start
         self.kl_ctl = (
@@ -211,59 +180,47 @@ class PPO:
         self.history: list[dict[str, float]] = []
         self.metadata: dict[str, Any] = {}  # JSON-able notes kept in checkpoints (textenv train keeps its own options)
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None  # every process knows it; only the main writes
-        self.run = RunLog(cfg.run_dir) if cfg.run_dir and self.processes.is_main else None
-        self._saved: tuple[Path, int, bool] | None = None  # the last checkpoint: its path, iteration, optimizer
+        self.run: RunLog | None = None  # the main process's, once the run directory is claimed (_open_run)
+        self.resume_hint: str | None = None
+        """What the Ctrl-C message tells the user to run to continue (``textenv train`` names its command);
+        None: ``PPO.load(<the checkpoint>)``."""
+        self.last_checkpoint: tuple[Path, int, bool] | None = None  # its path, iteration, whether with Adam's state
         self._schedule_end: int | None = None  # the run's episode count where the current learn() call ends
         self._bar: tqdm | None = None
+        self._start = IterationState()  # the current iteration's start, to undo a failed one
 
-    def _share_batch(self) -> None:
-        """Each process's share of the batch: ``batch_size / N`` episodes, mini-batches of ``mini_batch_size / N``
-        (an optimizer step still sees ``mini_batch_size`` episodes in all), micro-batches of that over the
-        gradient accumulation steps (the config's, or accelerate's ``--gradient_accumulation_steps``)."""
-        cfg, n = self.config, self.processes.num
-        steps, launched_steps = cfg.gradient_accumulation_steps, self.processes.gradient_accumulation_steps
-        if launched_steps > 1:
-            if steps not in (1, launched_steps):
-                raise ValueError(f"gradient_accumulation_steps {steps} differs from accelerate's "
-                                 f"--gradient_accumulation_steps {launched_steps}: give one of them")
-            steps = launched_steps
-        if cfg.mini_batch_size % (n * steps):
-            raise ValueError(f"mini_batch_size {cfg.mini_batch_size} must be a multiple of {n} process(es) x "
-                             f"{steps} gradient accumulation step(s): each process's micro-batches must be whole")
-        self.local_batch_size = cfg.batch_size // n  # (batch_size is a multiple of mini_batch_size)
-        self.local_mini_batch_size = cfg.mini_batch_size // n
-        self.micro_batch_size = self.local_mini_batch_size // steps
-        if cfg.advantage != "gae" and self.local_batch_size % cfg.group_size:
-            raise ValueError(f"group_size {cfg.group_size} must divide each process's {self.local_batch_size} "
-                             f"episodes (batch_size {cfg.batch_size} over {n} processes): a group is sampled whole")
+    def _open_run(self, resumed_from: Path | None) -> None:
+        """Claim the run directory (main process): lock it while the agent lives; refuse another run's checkpoints
+        there unless ``overwrite`` (then delete that run's files); a resume sets aside its run's newer checkpoints.
+
+        Raises:
+            RunDirError: the directory is in use by another process, or holds another run's checkpoints.
+        """
+        if not self.run_dir or not self.processes.is_main:
+            return
+        lock = run_dir.RunLock(self.run_dir).acquire()
+        weakref.finalize(self, lock.release)
+        own = run_dir.check_claim(self.run_dir, resumed_from=resumed_from, overwrite=self.config.overwrite,
+                                  name="run_dir", hints=("PPO.load", "overwrite=True"))
+        if own:
+            aside = run_dir.set_aside_newer(self.run_dir, self.num_iterations, keep=resumed_from)
+            if aside:
+                print(f"resume: set aside {', '.join(aside)} in {self.run_dir / run_dir.CHECKPOINTS} as NAME"
+                      f"{run_dir.ABANDONED} (newer than iteration {self.num_iterations}, which this run continues "
+                      "from)", flush=True)
+        elif self.config.overwrite:
+            run_dir.remove_run_files(self.run_dir)
+        self.run = RunLog(self.run_dir, resumed_at=(self.num_iterations, self.num_episodes) if own else None)
 
     def _base_source(self, model: torch.nn.Module) -> str | None:
         """Where a LoRA policy's base weights come from: the env's model (a hub id, or a directory as an absolute
         path), else the model's own ``name_or_path`` (None when it has none, e.g. built from a config)."""
         if self.reference_is_env_model:
             run = run_definition.describe_task(self.task)
-            return run["model_path"] or run["model"]
+            # smollm2-135m as its converted directory: a name only textenv reads would not load in peft's
+            # AutoPeftModelForCausalLM
+            return run["model_path"] or (resolve_model(run["model"]) if run["model"] == DEFAULT_MODEL else run["model"])
         return getattr(model, "name_or_path", None) or None
-
-    def _prefer_eager_attention(self, model: torch.nn.Module) -> None:
-        if self.device.type == "cpu" and hasattr(model, "set_attn_implementation"):
-            # Short sequences with padding: eager attention beats SDPA on the CPU (~20 % per
-            # forward+backward of SmolLM2 at 8x44 tokens, benchmarks/ppo_throughput.py).
-            model.set_attn_implementation("eager")
-
-    def _param_groups(self) -> list[dict[str, Any]]:
-        """The policy's trainable parameters; the critic's in a group of its own with ``value_learning_rate``."""
-        critic = [
-            p for m in (self.policy.value_head, self.policy.value_model) if m is not None
-            for p in m.parameters() if p.requires_grad
-        ]
-        critic_ids = {id(p) for p in critic}
-        policy = [p for p in self.policy.parameters() if p.requires_grad and id(p) not in critic_ids]
-        groups = [{"params": policy, "lr": self.config.learning_rate}]
-        if critic:
-            lr = self.config.value_learning_rate
-            groups.append({"params": critic, "lr": self.config.learning_rate if lr is None else lr})
-        return groups
 
     def _anneal_learning_rates(self) -> None:
         """Set each group's learning rate for this iteration: linearly towards 0 at ``lr_decay_episodes``,
@@ -284,16 +241,17 @@ class PPO:
 
     def learn(
         self,
-        total_episodes: int,
+        total_episodes: int | None = None,
         *,
-        callback: IterationCallback | Sequence[IterationCallback] | None = None,
+        callback: learn_control.IterationCallback | Sequence[learn_control.IterationCallback] | None = None,
         reset_num_episodes: bool = True,
+        **sb3_arguments: Any,
     ) -> PPO:
         """Train for ``total_episodes`` more episodes (or, with ``reset_num_episodes=False``,
         until the run has seen ``total_episodes`` in all, as when resuming).
 
         A first Ctrl-C finishes the current iteration, saves a checkpoint and returns;
-        a second one aborts at once.
+        a second one aborts at once. Every way out that writes a checkpoint also writes the reward curve.
 
         Args:
             total_episodes: episodes to train for (rounded up to whole iterations).
@@ -303,13 +261,18 @@ class PPO:
                 as it would at ``total_episodes``, with a checkpoint and the reward curve.
             reset_num_episodes: count ``total_episodes`` from now (True) or from the run's
                 start (False).
+            **sb3_arguments: refused with a message that says what textenv counts (SB3's
+                ``total_timesteps`` would be tokens here, whose number per episode varies).
 
         Raises:
             TrainingError: a non-finite loss or gradient, or a reward source's error such
-                as a NaN reward (a checkpoint of the last good weights is written first when
-                there is a run directory).
+                as a NaN reward (a checkpoint of the state after the last good iteration is written
+                first when there is a run directory).
         """
-        callbacks = _callbacks(callback)
+        learn_control.refuse_sb3_arguments(sb3_arguments)
+        if total_episodes is None:
+            raise TypeError("PPO.learn() needs total_episodes, the number of episodes to train for")
+        callbacks = learn_control.callbacks(callback)
         target = self.num_episodes + total_episodes if reset_num_episodes else total_episodes
         iterations = max(0, math.ceil((target - self.num_episodes) / self.config.batch_size))
         self._schedule_end = target
@@ -321,7 +284,7 @@ class PPO:
         self._bar = None if bar.disable else bar
         try:
             # the bar closes before any error is printed
-            with bar, _graceful_interrupt(say=self.processes.is_main) as interrupt:
+            with bar, learn_control.graceful_interrupt(say=self.processes.is_main) as interrupt:
                 for done in range(1, iterations + 1):
                     stats = self.train_iteration()
                     bar.update(1)
@@ -339,37 +302,39 @@ class PPO:
                         break
                     if self.processes.any(interrupt.requested):
                         bar.close()
-                        where = self._save_unless_saved() if self.run_dir else None
-                        if self.processes.is_main:
-                            print(f"interrupted after iteration {self.num_iterations}"
-                                  + (f"; checkpoint in {where} (resume with PPO.load)" if where else ""), flush=True)
+                        self._save_and_say(f"interrupted after iteration {self.num_iterations}", "checkpoint in")
                         return self
+            if self.run_dir:
+                ppo_checkpoint.save_unless_saved(self)
         finally:
             self._bar = None
             self._schedule_end = None  # train_iteration() outside learn() keeps the rates where they are
-        if self.run_dir:
-            self._save_unless_saved()
-        if self.run and self.history:
-            plot_reward_curve(self.history, self.run.dir / "reward_curve.png")
+            if self.run and self.history:  # finished, interrupted or stopped: the curve beside the checkpoint
+                plot_reward_curve(self.history, self.run.dir / "reward_curve.png")
         return self
+
+    def _save_and_say(self, what: str, saved: str) -> None:
+        """Save this iteration's checkpoint (unless saved) in the run directory; say ``what``, where and how to
+        resume (the main process)."""
+        where = ppo_checkpoint.save_unless_saved(self) if self.run_dir else None
+        if self.processes.is_main:
+            hint = self.resume_hint or f"PPO.load('{where}')"
+            print(f"{what}; {saved} {where}; resume with: {hint}" if where else what, flush=True)
 
     def train_iteration(self) -> dict[str, float]:
         """Sample one batch and run the PPO epochs on it; returns the logged scalars."""
         cfg = self.config
         start = time.perf_counter()
-        draws = self._rollout_draws()
+        # The weights are kept only where a last-good checkpoint can be written (they cost memory).
+        self._start.capture(self, weights=self.run_dir is not None)
         self._show_phase("rollout")
         try:
             episodes = self.rollout()
-        except RewardError as error:  # e.g. a plugin's NaN: the weights are still the last iteration's
-            self._restore_rollout_draws(draws)  # so that resuming samples this batch again
-            self._stop(str(error), saved="the state after the last good iteration is saved in", cause=error)
+        except RewardError as error:  # e.g. a plugin's NaN
+            self._stop(str(error), cause=error)
         except RewardInterrupted:  # Ctrl-C in a reward call (one that hangs, say): save the last good state, stop
-            self._restore_rollout_draws(draws)
-            if self.run_dir:
-                where = self._save_unless_saved()
-                if self.processes.is_main:
-                    print(f"\ncheckpoint of iteration {self.num_iterations} in {where}", flush=True)
+            self._start.restore(self)  # so that resuming samples this batch again
+            self._save_and_say("\nCtrl-C in a reward call", f"checkpoint of iteration {self.num_iterations} in")
             raise
         rollout_time = time.perf_counter() - start
         self._show_phase("log-probs")
@@ -413,8 +378,9 @@ class PPO:
         """Sample one episode per row with the current policy (no gradients): this process's share of the batch.
 
         Normalized reward terms are normalized with statistics of the whole batch, every process's episodes
-        (:meth:`textenv.rewards.RewardPipeline.one_batch`). A reward source's error on any process stops every
-        process here, so that none waits for another that has left.
+        (:meth:`textenv.rewards.RewardPipeline.one_batch`). A reward source's error or a Ctrl-C in its call on
+        any process stops every process here the same way (a Ctrl-C anywhere wins), so that all of them take the
+        same path after it and none waits for another that has left.
         """
         self.policy.eval()
         failure: BaseException | None = None
@@ -427,21 +393,13 @@ class PPO:
                     )
             except (RewardError, RewardInterrupted) as error:
                 failure = error
-            if self.processes.any(failure is not None):  # raised inside: the batch leaves no statistics behind
+            kinds = self.processes.objects(None if failure is None else type(failure).__name__)
+            if any(kinds):  # raised inside: the batch leaves no statistics behind
+                if "RewardInterrupted" in kinds:
+                    raise failure if isinstance(failure, RewardInterrupted) else \
+                        RewardInterrupted(f"Ctrl-C in a reward call of process {kinds.index('RewardInterrupted')}")
                 raise failure or RewardError("a reward source failed in another process (its message names it)")
         return episodes
-
-    def _rollout_draws(self) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, Any]]]:
-        """What a rollout advances: the RNG states and the reward terms' normalization statistics."""
-        return self._torch_rng_state(), self.prompt_rng.bit_generator.state, self.task.rewards.state_dict()
-
-    def _restore_rollout_draws(
-        self, draws: tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, dict[str, Any]]]
-    ) -> None:
-        rng, prompt_rng, reward_stats = draws
-        self._set_torch_rng_state(rng)
-        self.prompt_rng.bit_generator.state = prompt_rng
-        self.task.rewards.load_state_dict(reward_stats)
 
     def _draw_prompts(self, n: int) -> list[str]:
         cfg = self.config
@@ -453,18 +411,15 @@ class PPO:
     def make_batch(self, episodes: Episodes) -> tuple[Batch, dict[str, float]]:
         """The rollout policy's and the reference's log-probs, KL-penalized per-token rewards and advantages.
 
-        The "old" log-probs and values are recomputed here with one batched forward, the same
-        kind of forward at the same precision as the update's and the reference's: the
-        rollout's one-token-at-a-time cached decoding rounds differently under bf16 (the PPO
-        ratio of an unchanged SmolLM2 reached 1.16, and its KL to an identical reference came
-        out non-zero), so clipping and the KL penalty would act on rounding noise.
+        The "old" log-probs and values are recomputed here with one batched forward, the same kind of forward
+        at the same precision as the update's and the reference's: the rollout's cached one-token-at-a-time
+        decoding rounds differently under bf16, and clipping and the KL penalty would act on that noise.
         """
         cfg = self.config
         tokens = episodes.completion_ids  # (B, T)
         mask = episodes.completion_mask.float()  # (B, T)
-        # Every forward of this batch, here and in the update, runs micro-batches of the same width: under
-        # bf16 a row's logits change with the width of its micro-batch (0.16 nats on SmolLM2 at 39 vs 44
-        # columns), so padding is dropped once for the whole batch, not per micro-batch.
+        # Every forward of this batch, here and in the update, runs micro-batches of the same width (under bf16
+        # a row's logits change with it), so padding is dropped once for the whole batch, not per micro-batch.
         input_ids, attention = without_left_padding(
             torch.cat([episodes.prompt_ids, tokens], dim=1),  # (B, L)
             torch.cat([episodes.prompt_mask, episodes.completion_mask], dim=1),  # (B, L)
@@ -474,7 +429,7 @@ class PPO:
         values = torch.zeros_like(mask)  # (B, T); stays 0 without a value head
         ref_logprobs = logprobs  # (B, T); the policy's own (KL 0) without a reference
         keep_full = cfg.kl_estimator_used == "full" and self.reference is not None  # (the config ties it to the loss)
-        ref_logp_full = (  # (B, T, V) fp32: in bf16 an identical reference's KL came out at +-1e-3
+        ref_logp_full = (  # (B, T, V) fp32: bf16 would put an identical reference's KL off 0
             torch.empty(*tokens.shape, self.task.vocab_size, device=self.device) if keep_full else None
         )
         if self.reference is not None:
@@ -494,7 +449,7 @@ class PPO:
                 continue
             with autocast(self.device, self.bf16):
                 ref_logits = self.reference(
-                    input_ids=ids, attention_mask=att, position_ids=(att.cumsum(-1) - 1).clamp(min=0),
+                    input_ids=ids, attention_mask=att, position_ids=position_ids(att),
                     logits_to_keep=t + 1, use_cache=False,
                 ).logits[:, :-1]  # (b, T, V)
             ref_logprobs[rows] = self._token_logprobs(ref_logits, tokens[rows]) * mask[rows]
@@ -572,7 +527,7 @@ class PPO:
                     self._backward(batch.rows(micro), share, with_entropy=epoch == 0, sync=k == len(micros) - 1)
                     for k, (micro, share) in enumerate(zip(micros, shares))
                 ]
-                stats = self.processes.reduce_stats(_weighted_sum(micro_stats, [float(share) for share in shares]))
+                stats = self.processes.reduce_stats(weighted_sum(micro_stats, [float(share) for share in shares]))
                 if cfg.target_kl is not None and stats["approx_kl"] > 1.5 * cfg.target_kl:
                     stop = True  # the policy moved far enough from the rollout's
                     break
@@ -584,7 +539,7 @@ class PPO:
                 logged.append((stats, float(tokens)))
             if stop:
                 break
-        stats = {f"losses/{k}": v for k, v in _weighted_mean(*zip(*logged)).items()} if logged else {}
+        stats = {f"losses/{k}": v for k, v in weighted_mean(*zip(*logged)).items()} if logged else {}
         stats["losses/skipped_minibatches"] = float(skipped)
         stats["losses/optimizer_steps"] = float(steps)
         stats["losses/epochs"] = float(epoch + 1)
@@ -647,7 +602,7 @@ class PPO:
                 stats["entropy"] = mean_entropy.item()
         if not torch.isfinite(loss) and self.processes.num == 1:
             # (with several, the NaN reaches every process's averaged gradient, and the gradient check stops all)
-            self._stop_on_nonfinite(f"the loss is {loss.item()} (policy loss {stats['policy_loss']})")
+            self._stop(f"the loss is {loss.item()} (policy loss {stats['policy_loss']})")
         return stats, loss
 
     def _scaled(self, logits: torch.Tensor) -> torch.Tensor:
@@ -668,20 +623,19 @@ class PPO:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
-            self._stop_on_nonfinite(f"the gradient norm is {grad_norm}")
+            self._stop(f"the gradient norm is {grad_norm}")
         self.optimizer.step()
         return grad_norm
 
-    def _stop_on_nonfinite(self, what: str) -> None:
-        self._stop(what, saved="the weights before this step are saved in")
-
-    def _stop(self, what: str, *, saved: str, cause: Exception | None = None) -> None:
-        """Raise TrainingError, first saving a ``last-good`` checkpoint when there is a run directory."""
+    def _stop(self, what: str, *, cause: Exception | None = None) -> None:
+        """Raise TrainingError, first undoing the failed iteration and saving the state after the last good one as
+        ``last-good`` when there is a run directory."""
         self.optimizer.zero_grad(set_to_none=True)
+        self._start.restore(self)  # (the weights too, where a run directory made it keep them)
         where = ""
         if self.run_dir:
-            path = self.save_checkpoint(self.run_dir / "checkpoints" / "last-good")
-            where = f"; {saved} {path}"
+            path = self.save_checkpoint(self.run_dir / run_dir.CHECKPOINTS / checkpoint.LAST_GOOD)
+            where = f"; the state after the last good iteration is saved in {path}"
         raise TrainingError(f"training stopped at iteration {self.num_iterations + 1}: {what}{where}") from cause
 
     # ------------------------------------------------------------ using the policy
@@ -723,11 +677,7 @@ class PPO:
 
     @torch.no_grad()
     def predict(
-        self,
-        observation: dict[str, Any],
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = False,
+        self, observation: dict[str, Any], state: Any = None, episode_start: Any = None, deterministic: bool = False,
     ) -> tuple[np.ndarray, None]:
         """The next token for a single env's observation, or a batch of them: SB3's ``predict``, so
         ``stable_baselines3.common.evaluation.evaluate_policy`` runs on ``textenv/TextGen-v0``.
@@ -752,7 +702,7 @@ class PPO:
         self.policy.eval()
         with autocast(self.device, self.bf16):
             logits = self.policy.lm(
-                input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False
+                input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False
             ).logits  # (N, L, V')
         last = mask.shape[1] - 1 - mask.flip(1).int().argmax(1)  # (N,) the last real token of each row
         logits = self._scaled(logits[torch.arange(len(ids), device=self.device), last].float())  # (N, V)
@@ -793,120 +743,7 @@ class PPO:
         Raises:
             DiskFullError: "no space left on DEVICE while saving PATH"; the partial checkpoint is removed.
         """
-        if path is None:
-            if not self.run_dir:
-                raise ValueError("no run_dir: give save_checkpoint a path")
-            path = self.run_dir / "checkpoints" / f"iter_{self.num_iterations:06d}"
-        path = Path(path)
-        streams = self.processes.objects((self._torch_rng_state(), self.prompt_rng.bit_generator.state))
-        failure = None
-        if self.processes.is_main:
-            try:
-                checkpoint.write_atomically(path, lambda tmp: self._write_checkpoint(tmp, optimizer, streams))
-            except Exception as error:  # noqa: BLE001 - re-raised below, once every process knows
-                failure = error
-        if self.processes.any(failure is not None):
-            raise failure or CheckpointError(f"the main process could not write {path}")
-        self._saved = (path.resolve(), self.num_iterations, optimizer)
-        if self.processes.is_main:
-            self._prune_checkpoints(path)
-        return path
-
-    def _write_checkpoint(
-        self, tmp: Path, optimizer: bool, streams: list[tuple[dict[str, torch.Tensor], dict[str, Any]]]
-    ) -> None:
-        """Fill a checkpoint directory; ``trainer_state.json`` last (the manifest comes after it)."""
-        with _quiet_transformers_bars():  # "Writing model shards" would break our bar's line
-            # A LoRA policy's is its adapter; peft's "auto" would look the base up on the hub to see whether
-            # the vocabulary changed (it cannot: no embedding layer trains).
-            self.policy.lm.save_pretrained(tmp / "model", **({"save_embedding_layers": False} if self.lora else {}))
-        if hasattr(self.task.tokenizer, "save_pretrained"):
-            self.task.tokenizer.save_pretrained(tmp / "model")
-        heads = self._head_tensors()
-        if heads:
-            checkpoint.write_file(tmp / VALUE_FILE, safetensors.torch.save(heads))
-        if self.reference is not None and not self.lora and not self.reference_is_env_model:  # PPO(env, model=sft)
-            with _quiet_transformers_bars():
-                self.reference.save_pretrained(tmp / "reference")
-        if optimizer:
-            checkpoint.write_file(tmp / OPTIMIZER_FILE, checkpoint.optimizer_bytes(self.optimizer.state_dict()))
-        rng = {  # process 0's under the names a one-process run uses, process k's as "process{k}.NAME"
-            (f"process{k}.{name}" if k else name): tensor.contiguous()
-            for k, (state, _) in enumerate(streams) for name, tensor in state.items()
-        }
-        checkpoint.write_file(tmp / RNG_FILE, safetensors.torch.save(rng))
-        checkpoint.write_json(tmp / run_definition.PROMPTS_FILE, run_definition.prompts_record(self.task))
-        checkpoint.write_json(tmp / STATE_FILE, self._trainer_state(optimizer, [prompt for _, prompt in streams]))
-
-    def _save_unless_saved(self) -> Path:
-        """The run's checkpoint of this iteration, with the optimizer: written unless the periodic one
-        (or the one resumed from) is it already; rewriting it would only open a window in which a kill
-        leaves the iteration without a checkpoint."""
-        path = self.run_dir / "checkpoints" / f"iter_{self.num_iterations:06d}"
-        written = self._saved == (path.resolve(), self.num_iterations, True) and path.is_dir()
-        if self.processes.objects(written)[0]:  # the main process's view: it is the one that writes
-            return path
-        return self.save_checkpoint(path)
-
-    def _head_tensors(self) -> dict[str, torch.Tensor]:
-        """What ``value.safetensors`` holds: the policy's state outside ``lm.``, a tied weight once."""
-        heads, stored = {}, set()
-        for key, tensor in self.policy.state_dict().items():
-            if key.startswith("lm.") or tensor.data_ptr() in stored:  # a tied weight comes back through its tie
-                continue
-            stored.add(tensor.data_ptr())
-            heads[key] = tensor.detach().contiguous()
-        return heads
-
-    def _lora_base_record(self) -> dict[str, str]:
-        """A LoRA run's ``lora_base``: where its base weights come from (``model/`` holds the adapter only)."""
-        if not self.lora:
-            return {}
-        return {run_definition.LORA_BASE: lora.base_source(self.policy.lm)}
-
-    def _trainer_state(self, optimizer: bool, prompt_streams: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            "format": checkpoint.FORMAT,
-            "config": dataclasses.asdict(self.config),
-            "run": {**run_definition.describe_task(self.task), **self._lora_base_record()},
-            "metadata": self.metadata,
-            "optimizer": optimizer,
-            "num_iterations": self.num_iterations,
-            "num_episodes": self.num_episodes,
-            "kl_controller": self.kl_ctl.state_dict(),
-            "score_stats": {"mean": float(self.score_stats.mean), "var": float(self.score_stats.var),
-                            "count": float(self.score_stats.count)},
-            "reward_pipeline": self.task.rewards.state_dict(),
-            "num_processes": len(prompt_streams),
-            "prompt_rng": prompt_streams[0],
-            **({"process_prompt_rngs": prompt_streams} if len(prompt_streams) > 1 else {}),
-            "history": self.history,
-        }
-
-    def _torch_rng_state(self) -> dict[str, torch.Tensor]:
-        state = {
-            "torch": torch.get_rng_state(),
-            "sampling": self.sample_generator.get_state(),
-            "shuffle": self.shuffle_generator.get_state(),
-        }
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state()
-        return state
-
-    def _set_torch_rng_state(self, state: dict[str, torch.Tensor]) -> None:
-        torch.set_rng_state(state["torch"])
-        self.sample_generator.set_state(state["sampling"])
-        self.shuffle_generator.set_state(state["shuffle"])
-        if "cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state(state["cuda"])
-
-    def _prune_checkpoints(self, written: Path) -> None:
-        if not self.run or written.parent != self.run_dir / "checkpoints":
-            return
-        checkpoint.remove_leftovers(written.parent)  # of writes that a kill cut short
-        periodic = sorted(p for p in written.parent.iterdir() if checkpoint.iteration_of(p) is not None)
-        for old in periodic[: -self.config.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+        return ppo_checkpoint.save(self, path, optimizer=optimizer)
 
     @classmethod
     def load(cls, path: str | Path, env: Any = None, **overrides: Any) -> PPO:
@@ -924,167 +761,26 @@ class PPO:
                 weights on another task, start a new run: ``PPO(env, model=load_causal_lm(path / "model"))``.
             **overrides: config fields to change, e.g. ``device``, ``run_dir``, ``progress``
                 (applied as given: ``textenv train --resume`` decides which flags may change a run).
+                Without ``run_dir`` the run continues where the checkpoint is now: in the run directory
+                holding its ``checkpoints/`` (a copied or moved run writes into the copy, never the
+                original), or the recorded one if the checkpoint lies inside it; a checkpoint copied out of
+                its run writes no run directory. Newer checkpoints of that run than the one loaded are
+                set aside (renamed ``NAME.abandoned``), and it is locked as :class:`PPO` locks a new run's.
+                ``overwrite`` is never taken from the checkpoint.
 
         Raises:
-            CheckpointError: the checkpoint is damaged or incomplete (the file is named), or the env
-                differs from the run's.
+            CheckpointError: the checkpoint is damaged or incomplete (the file is named), lists files its
+                manifest does not, or the env differs from the run's.
+            RunDirError: the run directory is in use by another process, or (given as ``run_dir``) holds
+                another run's checkpoints and ``overwrite`` is not set.
         """
-        path = Path(path)
-        checkpoint.verify(path)
-        state = checkpoint.read_json(path / STATE_FILE)
-        try:
-            run = state["run"]
-            config_options = {**state["config"], **overrides}
-        except (KeyError, TypeError):
-            raise checkpoint.CheckpointError(f"{path / STATE_FILE}: holds no run definition and config") from None
-        written_by, running = int(state.get("num_processes", 1)), launched_processes()
-        if written_by != running:  # each process continues its own random streams: the same number of them
-            raise checkpoint.CheckpointError(
-                f"{path} was written by a run of {written_by} process(es) and this one has {running}: resume it "
-                f"with {written_by} (accelerate launch --num_processes {written_by} ...); to start a new run from its "
-                f"weights, load {path / 'model'} as a model"
-            )
-        agent = cls.__new__(cls)
-        agent.config = PPOConfig.from_options(config_options)
-        device = resolve_device(agent.config.device)
-        if env is None:
-            task = run_definition.rebuild_task(path, run)
-        else:
-            task = _task_of(env)
-            different = run_definition.differences(run, run_definition.describe_task(task))
-            if different:
-                raise checkpoint.CheckpointError(
-                    f"the env differs from the run in {path}: {'; '.join(different)}. PPO.load(path) without an env "
-                    f"continues the run as recorded; to train these weights on another task, start a new run "
-                    f"with PPO(env, model=load_causal_lm('{path / 'model'}'))"
-                )
-        with _quiet_transformers_bars():  # "Loading weights" bars would bury the resume's one-line notes
-            saved_reference = (path / "reference").exists()
-            if lora.is_adapter_dir(path / "model"):  # the adapter only: on its base, which is the reference too
-                base = run.get(run_definition.LORA_BASE) or run.get("model_path") or run["model"]
-                try:
-                    base_model = load_causal_lm(base, device=device, dtype=torch.float32)
-                except Exception as exc:  # noqa: BLE001 - a moved directory, no network: one line naming it
-                    raise CheckpointError(f"{path}: its LoRA base {base!r} ({run_definition.LORA_BASE} in "
-                                          f"{STATE_FILE}) cannot be loaded ({type(exc).__name__}: "
-                                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from exc
-                model = checkpoint.load_part(path / "model",
-                                             lambda p: lora.load(base_model, checkpoint.check_safetensors(p)))
-            else:
-                model = checkpoint.load_part(path / "model", lambda p: load_causal_lm(
-                    str(checkpoint.check_safetensors(p)), device=device, dtype=torch.float32))
-            if not agent.config.uses_reference or lora.is_peft_model(model):  # (a LoRA's: _setup's)
-                reference = None
-            elif saved_reference:
-                reference = frozen_copy(checkpoint.load_part(
-                    path / "reference", lambda p: load_causal_lm(str(checkpoint.check_safetensors(p)), device=device,
-                                                                 dtype=torch.float32)))
-            else:
-                reference = frozen_copy(load_causal_lm(run.get("model_path") or run["model"], device=device,
-                                                       dtype=torch.float32))
-        agent._setup(task, model, reference, reference_is_env_model=not saved_reference)
-        if agent.config.uses_value_head:  # a missing head is an error: a fresh one would silently restart the critic
-            heads = checkpoint.load_part(path / VALUE_FILE, lambda p: checkpoint.read_safetensors(p, device)[0])
-            missing = sorted(set(agent._head_tensors()) - set(heads))
-            unexpected = agent.policy.load_state_dict(heads, strict=False).unexpected_keys
-            if missing or unexpected:
-                raise checkpoint.CheckpointError(
-                    f"{path / VALUE_FILE}: does not fit this agent's critic (missing {missing}, "
-                    f"unexpected {unexpected})"
-                )
-        if state.get("optimizer", True):
-            optimizer_state = checkpoint.load_part(path / OPTIMIZER_FILE,
-                                                   lambda p: checkpoint.optimizer_state(p, device))
-            groups, expected = len(optimizer_state["param_groups"]), len(agent.optimizer.param_groups)
-            if groups != expected:
-                raise checkpoint.CheckpointError(
-                    f"{path / OPTIMIZER_FILE} holds {groups} parameter group(s) where this agent has {expected} "
-                    "(the policy's, and the critic's with a value head): the checkpoint was written for another "
-                    "advantage; load its weights as a model instead (model/ inside it)"
-                )
-            checkpoint.load_part(path / OPTIMIZER_FILE, lambda p: agent.optimizer.load_state_dict(optimizer_state))
-        else:  # a weights-only checkpoint (save_optimizer=False)
-            warnings.warn(f"{path} holds no {OPTIMIZER_FILE} (a weights-only checkpoint): Adam's moments start "
-                          "afresh", stacklevel=2)
-        for group, lr in zip(agent.optimizer.param_groups, agent.initial_learning_rates):  # the config's, overrides
-            group["lr"], group["eps"] = lr, agent.config.adam_eps  # included (annealing rescales from these)
-        rng = checkpoint.load_part(path / RNG_FILE, lambda p: checkpoint.read_safetensors(p, "cpu")[0])
-        checkpoint.load_part(path / STATE_FILE, lambda p: agent._restore_state(rng, state))
-        if agent.run_dir and path.parent == agent.run_dir / "checkpoints":
-            agent._saved = (path.resolve(), agent.num_iterations, state.get("optimizer", True))
-        return agent
-
-    def _restore_state(self, rng: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        k = self.processes.index  # this process's own streams
-        prefix = f"process{k}." if k else ""
-        self._set_torch_rng_state({
-            name[len(prefix):]: tensor for name, tensor in rng.items()
-            if name.startswith(prefix) and (k or not name.startswith("process"))
-        })
-        self.kl_ctl.load_state_dict(state["kl_controller"])
-        self.score_stats.mean = np.float64(state["score_stats"]["mean"])
-        self.score_stats.var = np.float64(state["score_stats"]["var"])
-        self.score_stats.count = state["score_stats"]["count"]
-        self.task.rewards.load_state_dict(state["reward_pipeline"])
-        self.prompt_rng.bit_generator.state = state["process_prompt_rngs"][k] if k else state["prompt_rng"]
-        self.num_iterations = int(state["num_iterations"])
-        self.num_episodes = int(state["num_episodes"])
-        self.history = list(state["history"])
-        self.metadata = dict(state.get("metadata") or {})
+        return ppo_checkpoint.load(cls, Path(path), env, overrides)
 
     def _log_samples(self, episodes: Episodes, n: int = 4) -> None:
         self.run.samples(self.num_iterations, episodes.prompts[:n], episodes.completions[:n], episodes.rewards[:n])
         if self.config.progress:
             for p, c, r in zip(episodes.prompts[:n], episodes.completions[:n], episodes.rewards[:n]):
-                tqdm.write(f"  [{r:+.2f}] {p}\u27e6{c.strip()[:100]}\u27e7")
-
-
-@contextlib.contextmanager
-def _quiet_transformers_bars() -> Iterator[None]:
-    """Turn transformers' own progress bars off for a while, as they were before."""
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
-def _callbacks(callback: Any) -> list[IterationCallback]:
-    """``learn``'s callback argument as a list, refusing what it cannot call."""
-    callbacks = [] if callback is None else [callback] if not isinstance(callback, (list, tuple)) else list(callback)
-    for cb in callbacks:
-        if isinstance(cb, BaseCallback) or not callable(cb):
-            raise TypeError(
-                f"learn(callback=...) takes callables called as callback(agent, stats) after each iteration "
-                f"(return False to stop), or a list of them; got {type(cb).__name__}"
-                + (" (an SB3 BaseCallback needs an SB3 algorithm: wrap it in a function)"
-                   if isinstance(cb, BaseCallback) else "")
-            )
-    return callbacks
-
-
-def _weighted_sum(stats: Sequence[dict[str, float]], weights: Sequence[float]) -> dict[str, float]:
-    """Each key's sum of value x weight over ``stats`` (the maximum for ``*_max`` keys); every dict has the keys."""
-    return {
-        key: max(s[key] for s in stats) if key.endswith("_max") else sum(s[key] * w for s, w in zip(stats, weights))
-        for key in stats[0]
-    }
-
-
-def _weighted_mean(stats: Sequence[dict[str, float]], weights: Sequence[float]) -> dict[str, float]:
-    """Weighted means of each key of ``stats`` (maxima for ``*_max`` keys); a key missing from some dicts
-    (the entropy, logged in the first epoch only) is averaged over the dicts that have it."""
-    keys = dict.fromkeys(k for s in stats for k in s)
-    out = {}
-    for key in keys:
-        pairs = [(s[key], w) for s, w in zip(stats, weights) if key in s]
-        if key.endswith("_max"):
-            out[key] = max(v for v, _ in pairs)
-        else:
-            out[key] = sum(v * w for v, w in pairs) / max(sum(w for _, w in pairs), 1e-12)
-    return out
+                tqdm.write(f"  [{r:+.2f}] {shortened(p)}\u27e6{c.strip()[:100]}\u27e7")
 
 
 def _stream_seed(seed: int, process: int) -> int:
@@ -1092,24 +788,8 @@ def _stream_seed(seed: int, process: int) -> int:
     return int(np.random.SeedSequence([seed, process]).generate_state(1, dtype=np.uint32)[0])
 
 
-def without_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Drop the leading columns that are padding in every row.
-
-    The task pads every prompt to its longest one; a batch of shorter prompts need not
-    run those columns. Positions come from the mask's cumsum, so nothing else moves.
-
-    Args:
-        input_ids: (b, L) left-padded prompts, then completions.
-        attention_mask: (b, L).
-
-    Returns:
-        The same two, (b, L') with L' <= L.
-    """
-    first = int(attention_mask.any(0).int().argmax())  # the first column holding a real token
-    return input_ids[:, first:], attention_mask[:, first:]
-
-
-def _task_of(env: Any) -> TextTask:
+def task_of(env: Any) -> TextTask:
+    """The :class:`TextTask` of a textenv env, vector env, wrapper of either, or the task itself."""
     if isinstance(env, TextTask):
         return env
     task = getattr(getattr(env, "unwrapped", env), "task", None)
@@ -1118,29 +798,3 @@ def _task_of(env: Any) -> TextTask:
     return task
 
 
-class _Interrupt:
-    requested = False
-
-
-@contextlib.contextmanager
-def _graceful_interrupt(say: bool = True) -> Iterator[_Interrupt]:
-    """First SIGINT: ask the loop to stop at the next iteration boundary; second: abort. ``say``: print that
-    (the main process does, for all of them)."""
-    state = _Interrupt()
-
-    def handler(signum, frame):
-        if state.requested:
-            raise KeyboardInterrupt
-        state.requested = True
-        if say:
-            print("\nCtrl-C: finishing this iteration, then saving a checkpoint (press again to abort)", flush=True)
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: no graceful stop
-        yield state
-        return
-    try:
-        yield state
-    finally:
-        signal.signal(signal.SIGINT, previous)

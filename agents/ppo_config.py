@@ -152,7 +152,11 @@ class PPOConfig:
     seed: int = 0
     """Seeds prompt draws, sampling and the mini-batch order."""
     run_dir: str | None = None
-    """Where TensorBoard events, samples, checkpoints and the reward curve go (None: nothing written)."""
+    """Where TensorBoard events, samples, checkpoints and the reward curve go (None: nothing written). The agent
+    locks it while it lives (one writer at a time); a new run refuses one that holds another run's checkpoints."""
+    overwrite: bool = False
+    """Start a new run in a ``run_dir`` that holds another run's checkpoints: that run's checkpoints, events,
+    samples and reward curve are deleted first (other files stay)."""
     checkpoint_every: int = 10
     """Save a full checkpoint every this many iterations (0: only at the end and on Ctrl-C)."""
     keep_checkpoints: int = 2

@@ -15,7 +15,7 @@ even when they are NaN or inf.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -482,3 +482,42 @@ def value_loss(
     with torch.no_grad():
         vf_clipfrac = masked_mean(binds, mask)  # ()
     return v_loss, {"vf_clipfrac": vf_clipfrac}
+
+
+def weighted_sum(stats: Sequence[dict[str, float]], weights: Sequence[float]) -> dict[str, float]:
+    """Each key's sum of value x weight over ``stats`` (the maximum for ``*_max`` keys); every dict has the keys."""
+    return {
+        key: max(s[key] for s in stats) if key.endswith("_max") else sum(s[key] * w for s, w in zip(stats, weights))
+        for key in stats[0]
+    }
+
+
+def weighted_mean(stats: Sequence[dict[str, float]], weights: Sequence[float]) -> dict[str, float]:
+    """Weighted means of each key of ``stats`` (maxima for ``*_max`` keys); a key missing from some dicts
+    (the entropy, logged in the first epoch only) is averaged over the dicts that have it."""
+    keys = dict.fromkeys(k for s in stats for k in s)
+    out = {}
+    for key in keys:
+        pairs = [(s[key], w) for s, w in zip(stats, weights) if key in s]
+        if key.endswith("_max"):
+            out[key] = max(v for v, _ in pairs)
+        else:
+            out[key] = sum(v * w for v, w in pairs) / max(sum(w for _, w in pairs), 1e-12)
+    return out
+
+
+def without_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drop the leading columns that are padding in every row.
+
+    The task pads every prompt to its longest one; a batch of shorter prompts need not
+    run those columns. Positions come from the mask's cumsum, so nothing else moves.
+
+    Args:
+        input_ids: (b, L) left-padded prompts, then completions.
+        attention_mask: (b, L).
+
+    Returns:
+        The same two, (b, L') with L' <= L.
+    """
+    first = int(attention_mask.any(0).int().argmax())  # the first column holding a real token
+    return input_ids[:, first:], attention_mask[:, first:]

@@ -130,6 +130,31 @@ class Processes:
         """accelerate's ``--gradient_accumulation_steps`` (1 for one process)."""
         return self.accelerator.gradient_accumulation_steps if self.accelerator is not None else 1
 
+    def shares(self, config: Any) -> tuple[int, int, int]:
+        """Each process's share of a PPO config's batch: ``batch_size / N`` episodes, mini-batches of
+        ``mini_batch_size / N`` (an optimizer step still sees ``mini_batch_size`` episodes in all), and
+        micro-batches of that over the gradient accumulation steps (the config's, or accelerate's
+        ``--gradient_accumulation_steps``).
+
+        Raises:
+            ValueError: the sizes do not split whole over the processes and steps (naming the option).
+        """
+        n = self.num
+        steps, launched_steps = config.gradient_accumulation_steps, self.gradient_accumulation_steps
+        if launched_steps > 1:
+            if steps not in (1, launched_steps):
+                raise ValueError(f"gradient_accumulation_steps {steps} differs from accelerate's "
+                                 f"--gradient_accumulation_steps {launched_steps}: give one of them")
+            steps = launched_steps
+        if config.mini_batch_size % (n * steps):
+            raise ValueError(f"mini_batch_size {config.mini_batch_size} must be a multiple of {n} process(es) x "
+                             f"{steps} gradient accumulation step(s): each process's micro-batches must be whole")
+        local_batch = config.batch_size // n  # (batch_size is a multiple of mini_batch_size)
+        if config.advantage != "gae" and local_batch % config.group_size:
+            raise ValueError(f"group_size {config.group_size} must divide each process's {local_batch} episodes "
+                             f"(batch_size {config.batch_size} over {n} processes): a group is sampled whole")
+        return local_batch, config.mini_batch_size // n, config.mini_batch_size // n // steps
+
     def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
         """The model wrapped so that its backward averages gradients over processes (DDP); itself for one."""
         if self.num == 1:

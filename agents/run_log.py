@@ -12,10 +12,34 @@ from torch.utils.tensorboard import SummaryWriter
 class RunLog:
     """Writes a run directory: ``events.out.tfevents.*``, ``samples.jsonl``, ``reward_curve.png``."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, resumed_at: tuple[int, int] | None = None):
+        """Open the run's log.
+
+        Args:
+            run_dir: the run directory.
+            resumed_at: (iterations, episodes) of the checkpoint a resumed run continues from: what the run
+                logged after it is dropped, since the resumed run does those iterations again (TensorBoard's
+                ``purge_step`` hides their scalars; their ``samples.jsonl`` rows are removed).
+        """
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.writer = SummaryWriter(str(self.dir))
+        if resumed_at is not None:
+            self._drop_samples_after(resumed_at[0])
+        # Scalars are logged at the episodes seen after an iteration: a redone one logs past ``episodes``.
+        self.writer = SummaryWriter(str(self.dir), purge_step=None if resumed_at is None else resumed_at[1] + 1)
+
+    def _drop_samples_after(self, iteration: int) -> None:
+        """Rewrite ``samples.jsonl`` without its rows of iterations past ``iteration`` (through a renamed copy)."""
+        path = self.dir / "samples.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if _iteration_of_row(line) <= iteration]
+        if len(kept) == len(lines):
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        tmp.replace(path)
 
     def scalars(self, stats: dict[str, float], step: int) -> None:
         """Log each scalar at ``step`` (episodes seen, SB3-style x-axis)."""
@@ -64,3 +88,11 @@ def plot_reward_curve(history: Sequence[dict[str, float]], path: str | Path) -> 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _iteration_of_row(line: str) -> int:
+    """A ``samples.jsonl`` row's iteration (0 for a row that is not one of ours: it is kept)."""
+    try:
+        return int(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return 0

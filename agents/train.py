@@ -12,11 +12,13 @@ the defaults never replace what the run was started with; the flags of :data:`RE
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 import tempfile
 import time
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -24,22 +26,25 @@ from typing import Any
 import numpy as np
 
 from textenv.agents import checkpoint as ckpt
+from textenv.agents import run_dir
 from textenv.agents.checkpoint import STATE_FILE, CheckpointError, DiskFullError
+from textenv.agents.run_dir import RunDirError, RunLock
 from textenv.cli import add_dataclass_arguments, read_config_file
-from textenv.envs.task import DEFAULT_PROMPTS
+from textenv.envs.task import DEFAULT_PROMPTS, DEFAULT_REWARD
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 from textenv.models import DEFAULT_MODEL
 from textenv.plugin_manager import hookimpl
+from textenv.prompts import shortened
 
-TRAIN_REWARD = "sentiment_dense + repetition"
-"""The main job's reward: the default's sentiment paid out per token (its sum is the same score),
-which the value head credits token by token."""
+TRAIN_REWARD = DEFAULT_REWARD
+"""The main job's reward, the env's default: the default sentiment paid out per token (its sum is the same
+score), which the value head credits token by token, and a penalty for repeated phrases."""
 
 ALIASES = {"learning_rate": ("--lr",), "init_kl_coef": ("--kl-coef",), "cliprange": ("--clip",)}
 """Short flags kept from before the flags were generated (the docs use ``--lr``)."""
 
 RESUME_APPLIES = frozenset({
-    "output_dir", "iterations", "eval_prompts",  # where the run writes and where it ends
+    "output_dir", "overwrite", "iterations", "eval_prompts",  # where the run writes and where it ends
     "device", "precision", "keep_cpu_memory", "progress",  # the hardware it runs on, the bar
     "checkpoint_every", "keep_checkpoints", "save_optimizer", "sample_every",  # what it writes
 })
@@ -74,11 +79,14 @@ class TrainTask:
     eval_prompts: int = 8
     """Prompts scored before and after training (0: none)."""
     output_dir: str = "runs/textenv"
-    """The run directory (PPOConfig's run_dir): TensorBoard events, samples.jsonl, checkpoints/, reward_curve.png."""
+    """The run directory (PPOConfig's run_dir): TensorBoard events, samples.jsonl, checkpoints/, reward_curve.png.
+    A new run refuses one that holds another run's checkpoints (see --overwrite); with --resume, the run
+    directory the checkpoint is in."""
     resume: str | None = None
     """A checkpoint directory, or a run directory (its newest complete checkpoint), to continue as recorded: its
-    model, prompts, reward and options. Only output, iteration, hardware, logging and checkpoint flags may change
-    it; another value for any other option is refused, naming the flag."""
+    model, prompts, reward and options, in the run directory where the checkpoint is now. Only output, iteration,
+    hardware, logging and checkpoint flags may change it; another value for any other option is refused, naming
+    the flag. Newer checkpoints than the one resumed are set aside as NAME.abandoned."""
 
     def __post_init__(self) -> None:
         for name in ("model", "prompts", "reward", "output_dir"):
@@ -114,7 +122,7 @@ def textenv_add_commands(subparsers):
     # run_dir is the task's --output-dir: the CLI always writes a run directory.
     add_dataclass_arguments(p, PPOConfig, skip=("run_dir",), aliases=ALIASES)
     p.set_defaults(run=run_training)
-    return [UsageError, CheckpointError]
+    return [UsageError, CheckpointError, RunDirError]
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -245,15 +253,16 @@ def run_training(args: argparse.Namespace) -> int:
     """Run ``textenv train`` with parsed command-line arguments.
 
     Returns:
-        The exit status: 0 done, 2 training stopped on an error, 130 interrupted (after a checkpoint),
-        1 the disk filled up while saving a checkpoint.
+        The exit status: 0 done (or nothing left to do), 2 training stopped on an error, 130 interrupted (after
+        a checkpoint), 1 the disk filled up while saving a checkpoint.
 
     Raises:
-        UsageError: a wrong option or ``--resume`` path, or a flag that would change a resumed run,
-            before anything is loaded.
+        UsageError: a wrong option or ``--resume`` path, a flag that would change a resumed run, or an output
+            directory holding another run's checkpoints, before anything is loaded.
         CheckpointError: the checkpoint to resume is damaged (the file is named).
+        RunDirError: the output directory is in use by another run.
     """
-    from textenv.agents import PPO, PPOConfig, TrainingError, processes
+    from textenv.agents import PPO, PPOConfig, processes
 
     # Under accelerate launch every process runs this; the main one speaks for them.
     say = print if processes.is_main_process() else _silent
@@ -261,50 +270,103 @@ def run_training(args: argparse.Namespace) -> int:
         raise UsageError(processes.unsupported_launch())
     task, options = train_settings(args)
     start = time.perf_counter()
+    checkpoint = None
     if task.resume:
-        checkpoint, note = find_checkpoint(task.resume)
-        state = ckpt.read_json(checkpoint / STATE_FILE)
-        if not isinstance(state, dict) or "run" not in state or "config" not in state:
-            raise CheckpointError(f"{checkpoint / STATE_FILE}: holds no run definition and config")
-        given = given_settings(args)
-        refused, applied = resume_changes(given, state)
-        if refused:
-            may_change = ", ".join("--" + name.replace("_", "-") for name in sorted(RESUME_APPLIES))
-            raise UsageError(
-                f"--resume: {'; '.join(refused)}. A resumed run keeps its model, prompts, reward, max_new_tokens and "
-                f"training options (only {may_change} may change); to train its weights otherwise, start a new run "
-                f"with --model {checkpoint / 'model'}"
+        checkpoint, state, task, options = _resume_settings(args, task, options, say)
+        if task.iterations <= state["num_iterations"]:
+            say(f"nothing to do: the run has done {state['num_iterations']} iterations and --iterations is "
+                f"{task.iterations} (the run's total, those done included); give a larger --iterations to train on")
+            return 0
+    options["run_dir"] = task.output_dir
+    _checked_config(PPOConfig, {**state["config"], **options} if checkpoint else options)
+    check_output_dir(task.output_dir)
+    with _run_directory(task.output_dir, checkpoint, options.get("overwrite", False)):
+        if checkpoint:
+            say(f"resuming from {checkpoint}", flush=True)
+            agent = PPO.load(checkpoint, **options)
+            reward = state["run"].get("reward") or "as recorded"
+        else:
+            env = TextGenVectorEnv(
+                1, model=task.model, prompts=task.prompts, reward=task.reward, max_new_tokens=task.max_new_tokens
             )
-        if note:
-            say(note, flush=True)
-        if applied:
-            say(f"resume: applying {', '.join(applied)}", flush=True)
-        recorded = state.get("metadata", {}).get(METADATA_KEY, {})
-        task = dataclasses.replace(task, **{
-            name: given.get(name, recorded.get(name, getattr(task, name))) for name in ("iterations", "eval_prompts")
-        }, output_dir=given.get("output_dir") or state["config"].get("run_dir") or task.output_dir)
-        options = {k: v for k, v in options.items() if k in RESUME_APPLIES}
-        options.setdefault("device", PPOConfig.device)  # the machine's, not the one the checkpoint was written on
-        options["run_dir"] = task.output_dir
-        _checked_config(PPOConfig, {**state["config"], **options})
-        check_output_dir(task.output_dir)
-        say(f"resuming from {checkpoint}", flush=True)
-        agent = PPO.load(checkpoint, **options)
-        reward = state["run"].get("reward") or "as recorded"
-    else:
-        options["run_dir"] = task.output_dir
-        _checked_config(PPOConfig, options)
-        check_output_dir(task.output_dir)
-        env = TextGenVectorEnv(
-            1, model=task.model, prompts=task.prompts, reward=task.reward, max_new_tokens=task.max_new_tokens
+            say(f"loading {task.model} ...", flush=True)
+            agent = PPO(env, **options)
+            reward = task.reward
+        agent.resume_hint = f"textenv train --resume {task.output_dir}"
+        agent.metadata[METADATA_KEY] = {"iterations": task.iterations, "eval_prompts": task.eval_prompts}
+        n = agent.processes.num
+        say(f"ready in {time.perf_counter() - start:.1f} s on {agent.device}{f' x {n} processes' if n > 1 else ''}"
+            f"{' (bf16 autocast)' if agent.bf16 else ''}; reward = {reward}; iteration {agent.num_iterations} of "
+            f"{task.iterations}", flush=True)
+        return _train_and_report(agent, task, say, start)
+
+
+def _resume_settings(
+    args: argparse.Namespace, task: TrainTask, options: dict[str, Any], say: Any
+) -> tuple[Path, dict[str, Any], TrainTask, dict[str, Any]]:
+    """The checkpoint ``--resume`` names, its state, and the task and PPO options of the resumed run: the
+    checkpoint's, with the flags of :data:`RESUME_APPLIES` that were given.
+
+    Raises:
+        UsageError: a flag would change the run, or the checkpoint lies outside any run directory and no
+            ``--output-dir`` says where the resumed run writes.
+        CheckpointError: the checkpoint is damaged.
+    """
+    from textenv.agents import PPOConfig
+
+    checkpoint, note = find_checkpoint(task.resume)
+    state = ckpt.read_json(checkpoint / STATE_FILE)
+    if not isinstance(state, dict) or "run" not in state or "config" not in state:
+        raise CheckpointError(f"{checkpoint / STATE_FILE}: holds no run definition and config")
+    given = given_settings(args)
+    refused, applied = resume_changes(given, state)
+    if refused:
+        may_change = ", ".join("--" + name.replace("_", "-") for name in sorted(RESUME_APPLIES))
+        raise UsageError(
+            f"--resume: {'; '.join(refused)}. A resumed run keeps its model, prompts, reward, max_new_tokens and "
+            f"training options (only {may_change} may change); to train its weights otherwise, start a new run "
+            f"with --model {checkpoint / 'model'}"
         )
-        say(f"loading {task.model} ...", flush=True)
-        agent = PPO(env, **options)
-        reward = task.reward
-    agent.metadata[METADATA_KEY] = {"iterations": task.iterations, "eval_prompts": task.eval_prompts}
-    say(f"ready in {time.perf_counter() - start:.1f} s on {agent.device}"
-          f"{' (bf16 autocast)' if agent.bf16 else ''}; reward = {reward}; iteration {agent.num_iterations} of "
-          f"{task.iterations}", flush=True)
+    if note:
+        say(note, flush=True)
+    if applied:
+        say(f"resume: applying {', '.join(applied)}", flush=True)
+    output_dir = given.get("output_dir") or run_dir.run_of_checkpoint(checkpoint, state["config"].get("run_dir"))
+    if output_dir is None:
+        raise UsageError(f"--resume {checkpoint}: a checkpoint outside its run directory "
+                         f"({state['config'].get('run_dir')}): give --output-dir for the resumed run")
+    recorded = state.get("metadata", {}).get(METADATA_KEY, {})
+    task = dataclasses.replace(task, **{
+        name: given.get(name, recorded.get(name, getattr(task, name))) for name in ("iterations", "eval_prompts")
+    }, output_dir=str(output_dir))
+    options = {k: v for k, v in options.items() if k in RESUME_APPLIES}
+    options.setdefault("device", PPOConfig.device)  # the machine's, not the one the checkpoint was written on
+    return checkpoint, state, task, options
+
+
+@contextlib.contextmanager
+def _run_directory(path: str, resumed_from: Path | None, overwrite: bool) -> Iterator[None]:
+    """Lock the run directory for this run (the main process writes it) and refuse another run's checkpoints in
+    it unless ``overwrite``, before anything is loaded.
+
+    Raises:
+        RunDirError: another process holds the directory, or it holds another run's checkpoints (a resumed
+            run's own are not another's).
+    """
+    from textenv.agents import processes
+
+    if not processes.is_main_process():
+        yield
+        return
+    with RunLock(path, name="--output-dir"):
+        run_dir.check_claim(path, resumed_from=resumed_from, overwrite=overwrite, name="--output-dir",
+                            hints=(f"--resume {path}", "--overwrite"))
+        yield
+
+
+def _train_and_report(agent: Any, task: TrainTask, say: Any, start: float) -> int:
+    """Evaluate, train, evaluate again and print the report; returns the exit status."""
+    from textenv.agents import TrainingError
 
     evaluated = task.eval_prompts if agent.processes.is_main else 0  # (the main process shows the samples)
     prompts = [agent.task.prompts[i % len(agent.task.prompts)] for i in range(evaluated)]
@@ -325,11 +387,11 @@ def run_training(args: argparse.Namespace) -> int:
     if before is not None:
         say("\nsamples (same prompts, same sampling seed):")
         for i in range(min(4, len(prompts))):
-            say(f"  {prompts[i]}")
+            say(f"  {shortened(prompts[i])}")
             say(f"    before [{before.rewards[i]:+.2f}] {before.completions[i].strip()[:120]!r}")
             say(f"    after  [{after.rewards[i]:+.2f}] {after.completions[i].strip()[:120]!r}")
         say(f"\nmean reward on {len(prompts)} prompts: before {np.mean(before.rewards):+.3f}, "
-              f"after {np.mean(after.rewards):+.3f}")
+            f"after {np.mean(after.rewards):+.3f}")
     curve = [h["charts/episodic_return"] for h in agent.history]
     if curve:
         say(f"training reward by iteration: {' '.join(f'{r:+.2f}' for r in curve)}")

@@ -204,3 +204,18 @@ def test_lora_dropout_acts_in_the_update_only():
     assert not any(m.training for m in dropouts)  # the old and the reference log-probs: without dropout
     agent.update(batch)
     assert seen and all(seen)
+
+
+@pytest.mark.slow
+def test_an_exported_adapter_of_the_default_model_names_its_real_base_so_auto_peft_loads_it(tmp_path):
+    """The adapter's config names the converted default model's directory, not the name "smollm2-135m" that only
+    textenv understands."""
+    from peft import AutoPeftModelForCausalLM
+
+    env = gym.make("textenv/TextGen-v0", model="smollm2-135m", prompts=PROMPTS, max_new_tokens=4,
+                   reward="length(target=4)")
+    agent = PPO(env, batch_size=2, mini_batch_size=2, lora_rank=2, progress=False)
+    path = agent.save(tmp_path / "ckpt")
+    assert main(["export", str(path), str(tmp_path / "adapter")]) == 0
+    model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")
+    assert sum("lora_" in name for name, _ in model.named_parameters()) > 0

@@ -225,7 +225,7 @@ def test_freed_cpu_memory_is_reused_without_page_faults():
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_separate_value_model_trains(precision):
     agent = small_agent(make_env(), value_model="separate", learning_rate=1e-3, precision=precision)
-    assert agent.policy.value_model is not None and not agent.policy.shares_trunk
+    assert agent.policy.value_model is not None
     stats = agent.train_iteration()
     assert np.isfinite(stats["losses/value_loss"])
 
@@ -453,15 +453,20 @@ def test_load_takes_the_learning_rates_and_eps_of_its_config(tmp_path):
     assert [(g["lr"], g["eps"]) for g in restored.optimizer.param_groups] == [(1e-3, 1e-6), (2e-3, 1e-6)]
 
 
-def test_a_separate_value_model_with_tied_embeddings_saves_and_loads(tmp_path):
-    agent = small_agent(make_env(), value_model="separate")
+@pytest.mark.parametrize("model", ["tiny-random", "tiny-random-untied"])
+def test_a_separate_value_model_is_the_decoder_without_an_lm_head_and_saves_and_loads(tmp_path, model):
+    env = gym.make("textenv/TextGen-v0", model=model, prompts=PROMPTS, max_new_tokens=8, reward="length(target=4)")
+    agent = small_agent(env, value_model="separate")
     critic = agent.policy.value_model
-    assert critic.get_output_embeddings().weight is critic.get_input_embeddings().weight
+    assert not any("lm_head" in name for name, _ in agent.policy.named_parameters() if not name.startswith("lm."))
+    assert sum(p.numel() for p in critic.parameters()) == sum(p.numel() for p in agent.policy.lm.model.parameters())
     with torch.no_grad():
         critic.get_input_embeddings().weight.add_(0.1)  # differs from the policy's trunk
-    restored = PPO.load(agent.save(tmp_path / "ckpt"), make_env())
+    restored = PPO.load(agent.save(tmp_path / "ckpt"), env)
     for a, b in zip(agent.policy.value_model.parameters(), restored.policy.value_model.parameters()):
         torch.testing.assert_close(a, b)
+    agent.train_iteration()
+    assert all(p.grad is not None for p in critic.parameters())  # every critic weight is used (DDP needs it)
 
 
 def test_the_kl_in_the_loss_ignores_positions_past_the_end():
@@ -549,3 +554,13 @@ def test_with_a_person_at_the_terminal_training_prints_a_line_per_iteration_and_
     out, err = capsys.readouterr()
     assert "PPO" not in err and "it/s" not in err
     assert re.findall(r"PPO iteration (\d)/2: reward=", out) == ["1", "2"]
+
+
+def test_learn_with_sb3s_total_timesteps_says_that_textenv_counts_episodes():
+    agent = small_agent(make_env())
+    with pytest.raises(TypeError, match=r"counts episodes, not timesteps: give total_episodes= instead of "
+                                        r"total_timesteps="):
+        agent.learn(total_timesteps=1000)
+    with pytest.raises(TypeError, match="give reset_num_episodes= instead of reset_num_timesteps="):
+        agent.learn(8, reset_num_timesteps=False)
+    assert agent.num_iterations == 0

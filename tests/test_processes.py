@@ -161,9 +161,57 @@ def test_textenv_train_under_accelerate_launch_and_its_two_process_checkpoint_re
         assert all(torch.equal(unbroken[name], again[name]) for name in unbroken), part
 
     # One process cannot continue two processes' streams: refused in one line, before anything loads.
-    assert main(["train", "--resume", str(run)]) == 2
+    assert main(["train", "--resume", str(run), "--iterations", "3"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "written by a run of 2 process(es) and this one has 1" in err
+
+
+def test_a_separate_value_model_on_an_untied_model_trains_under_accelerate_launch(tmp_path):
+    """The value model is the decoder without the LM head: an untied head in it got no gradient, and DDP stopped
+    the first update with "Expected to have finished reduction in the prior iteration"."""
+    run = tmp_path / "run"
+    done = launch("-m", "textenv", "train", "--model", "tiny-random-untied", "--value-model", "separate",
+                  "--batch-size", "4", "--mini-batch-size", "2", "--max-new-tokens", "4", "--eval-prompts", "0",
+                  "--no-progress", "--no-keep-cpu-memory", "--iterations", "2", "--output-dir", str(run))
+    assert "x 2 processes" in done.stdout  # the run says how many processes it runs on
+    state = json.loads((run / "checkpoints" / "iter_000002" / "trainer_state.json").read_text())
+    assert state["num_iterations"] == 2 and state["config"]["value_model"] == "separate"
+
+
+CTRL_C_IN_ONE_PROCESS = """
+import os, sys
+import ppo_process, textenv
+from textenv.agents import PPO
+
+calls = []
+
+@textenv.reward(name="ctrl_c_in_process_1")
+def ctrl_c_in_process_1(completions):
+    calls.append(1)
+    if os.environ["RANK"] == "1" and len(calls) == 2:
+        raise KeyboardInterrupt  # a Ctrl-C that reaches this process during its second reward call
+    return [0.0] * len(completions)
+
+task = ppo_process.TextTask.build(model="tiny-random", prompts=ppo_process.PROMPTS, reward="ctrl_c_in_process_1",
+                                  max_new_tokens=4)
+agent = PPO(task, **{**ppo_process.OPTIONS, "run_dir": sys.argv[1], "checkpoint_every": 0})
+try:
+    agent.learn(8 * 5)
+except KeyboardInterrupt as exc:
+    print(f"process {agent.processes.index}: {type(exc).__name__} after iteration {agent.num_iterations}", flush=True)
+"""
+
+
+def test_a_ctrl_c_in_one_processs_reward_call_stops_every_process_the_same_way(tmp_path):
+    """Both processes take the interrupt's path (the same collectives), and the checkpoint of the last complete
+    iteration is written once, with both processes' streams."""
+    script = tmp_path / "ctrl_c.py"
+    script.write_text(CTRL_C_IN_ONE_PROCESS)
+    out = launch(str(script), str(tmp_path / "run")).stdout
+    assert "process 0: RewardInterrupted after iteration 1" in out and "process 1: RewardInterrupted after " \
+        "iteration 1" in out, out[-2000:]
+    state = json.loads((tmp_path / "run" / "checkpoints" / "iter_000001" / "trainer_state.json").read_text())
+    assert state["num_iterations"] == 1 and len(state["process_prompt_rngs"]) == 2
 
 
 def test_lora_under_accelerate_launch_trains_the_same_adapter_in_both_processes(tmp_path):

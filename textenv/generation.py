@@ -132,7 +132,7 @@ def generate_episodes(
     obs, _ = env.reset(seed=seed, options=None if prompts is None else {"prompts": prompts})
     n, width, limit = env.num_envs, env.task.prompt_width, env.task.max_new_tokens
     prompt_ids, attention = obs["input_ids"][:, :width], obs["attention_mask"][:, :width]  # (N, P)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (N, P)
+    positions = position_ids(attention)  # (N, P)
     # The whole episode's attention mask, allocated once: the prompt's, then 1 for every
     # completion position. Each step reads a prefix (a view, no concatenation); a row that
     # ended keeps attending to its own frozen tokens, which only its ignored logits see.
@@ -179,6 +179,11 @@ def generate_episodes(
         completion_ids=ids, completion_mask=mask, logprobs=logprobs,
         token_rewards=ended.token_rewards.to(env.device), values=values,
     )
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L) positions of a left-padded batch's (B, L) mask: each row counts its own tokens from 0 (padding 0)."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def next_tokens(
