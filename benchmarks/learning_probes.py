@@ -81,8 +81,9 @@ def main() -> None:
     print(f"load average {os.getloadavg()[0]:.2f}; {vars(args)}", flush=True)
     if args.freeze_embeddings:
         agent.policy.lm.get_input_embeddings().weight.requires_grad_(False)  # tied: the output head too
-        agent.optimizer = torch.optim.Adam(agent._param_groups(), lr=agent.config.learning_rate,
-                                           eps=agent.config.adam_eps, fused=True)
+        # the same optimizer, its groups (and their learning rates) without the frozen weight
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in agent.optimizer.param_groups]
+        agent.optimizer = type(agent.optimizer)(groups)
     if args.clip_high is not None:
         ppo_module.policy_loss = asymmetric_clip(ppo_module.policy_loss, args.clip_high)
     if args.warmup_episodes:
@@ -252,7 +253,8 @@ def kl_anatomy(agent: PPO, batches: int) -> None:
             exact.append(((logp.exp() * (logp - logq)).sum(-1) * m).numpy())
             h_policy.append((-(logp.exp() * logp).sum(-1) * m).numpy())
             h_reference.append((-(logq.exp() * logq).sum(-1) * m).numpy())
-            sampled = (episodes.logprobs[rows] - logq.gather(-1, tokens[rows, :, None])[..., 0]) * m  # (b, T)
+            taken = tokens[rows, :, None]  # (b, T, 1) the sampled tokens
+            sampled = (logp.gather(-1, taken)[..., 0] - logq.gather(-1, taken)[..., 0]) * m  # (b, T) k1
             k1.append(sampled.numpy())
             for token, value, real in zip(tokens[rows].flatten().tolist(), sampled.flatten().tolist(),
                                           m.flatten().tolist()):
