@@ -180,6 +180,7 @@ def ppo(sft_dir: Path, rm: TrainResult, sizes: Sizes, prompts, run_dir: Path, se
     agent = PPO(
         env, batch_size=sizes.ppo_batch_size, mini_batch_size=sizes.ppo_batch_size // 2,
         advantage="rloo", group_size=4, learning_rate=sizes.ppo_lr, seed=seed, run_dir=str(run_dir),
+        overwrite=True,  # a rerun of the pipeline replaces its PPO run, as its SFT and reward model
     )
     return agent.learn(total_episodes=sizes.ppo_episodes)
 

@@ -24,5 +24,5 @@ def enthusiasm(completions):
     return [min(c.count("!"), 3) / 3 for c in completions]
 
 env = gym.make("textenv/TextGen-v0", model=args.model, reward="sentiment + enthusiasm", max_new_tokens=args.max_new_tokens)
-agent = PPO(env, learning_rate=5e-5, run_dir="runs/train_ppo").learn(total_episodes=args.episodes)
+agent = PPO(env, learning_rate=5e-5, run_dir="runs/train_ppo", overwrite=True).learn(total_episodes=args.episodes)  # a rerun replaces the last run
 print(agent.generate(["This movie was", "The acting in this movie"]))
