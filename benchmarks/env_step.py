@@ -41,7 +41,7 @@ from timing import TimedRewards
 
 from textenv.envs.task import DEFAULT_REWARD, TextTask
 from textenv.envs.text_gen_vector import TextGenVectorEnv
-from textenv.generation import SamplingConfig, sample_tokens
+from textenv.generation import SamplingConfig, position_ids, sample_tokens
 from textenv.models import DEFAULT_MODEL, load_causal_lm
 
 # ------------------------------------------------------------------ helpers
@@ -175,7 +175,7 @@ def bench_decode_share(model, task: TextTask, args, device: torch.device, autoca
     for episode in range(args.decode_repeats + 1):  # the first episode warms up
         obs, _ = env.reset(seed=episode)
         attention = obs["attention_mask"][:, :width]  # (N, P)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)  # (N, P)
+        positions = position_ids(attention)  # (N, P)
         inputs, cache = obs["input_ids"][:, :width], None
         done = torch.zeros(n, dtype=torch.bool, device=device)
         for step in range(limit):

@@ -569,6 +569,7 @@ def completion_kl(agent, reference, episodes, rows: int = 16) -> float:
     import torch.nn.functional as F
 
     from textenv.devices import autocast
+    from textenv.generation import position_ids
 
     ids = torch.cat([episodes.prompt_ids, episodes.completion_ids], dim=1)  # (N, P + T)
     mask = torch.cat([episodes.prompt_mask, episodes.completion_mask], dim=1)  # (N, P + T)
@@ -576,7 +577,7 @@ def completion_kl(agent, reference, episodes, rows: int = 16) -> float:
     total = 0.0
     for start in range(0, len(ids), rows):
         sl = slice(start, start + rows)
-        position = (mask[sl].cumsum(-1) - 1).clamp(min=0)
+        position = position_ids(mask[sl])
         logp = []
         for lm in (agent.policy.lm, reference):
             with torch.no_grad(), autocast(agent.device, agent.bf16):

@@ -50,9 +50,9 @@ from learning_curve import evaluate_final_policy, print_windows
 import textenv  # noqa: F401  (registers the env)
 import textenv.agents.ppo as ppo_module
 from textenv.agents import PPO
-from textenv.agents.ppo import without_left_padding
-from textenv.agents.ppo_math import compute_gae, masked_mean, masked_whiten
+from textenv.agents.ppo_math import compute_gae, masked_mean, masked_whiten, without_left_padding
 from textenv.devices import autocast
+from textenv.generation import position_ids
 
 VADER = "reward/sentiment_dense"
 
@@ -212,7 +212,7 @@ def policy_and_reference_logprobs(agent: PPO, input_ids: torch.Tensor, attention
         with autocast(agent.device, agent.bf16):
             policy_logits, _ = agent.policy(i, a, t, values=False)  # (b, T, V')
             ref_logits = agent.reference(input_ids=i, attention_mask=a, logits_to_keep=t + 1, use_cache=False,
-                                         position_ids=(a.cumsum(-1) - 1).clamp(min=0)).logits[:, :-1]
+                                         position_ids=position_ids(a)).logits[:, :-1]
         yield (rows, F.log_softmax(policy_logits.float()[..., :vocab], -1),  # (b, T, V)
                F.log_softmax(ref_logits.float()[..., :vocab], -1))  # (b, T, V)
 

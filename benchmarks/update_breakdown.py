@@ -29,8 +29,8 @@ import torch
 
 import textenv  # noqa: F401  (registers the env)
 from textenv.agents import PPO
-from textenv.agents.ppo import without_left_padding
-from textenv.agents.ppo_math import logprobs_and_entropy
+from textenv.agents.ppo_math import logprobs_and_entropy, without_left_padding
+from textenv.generation import position_ids
 
 
 def median_ms(agent: PPO, work: Callable[[], None], repeats: int = 7) -> float:
@@ -56,7 +56,7 @@ def main() -> None:
     agent.policy.train()
     mb = batch.rows(torch.arange(8))
     ids, att = without_left_padding(mb.input_ids, mb.attention_mask)  # (8, L')
-    positions = (att.cumsum(-1) - 1).clamp(min=0)  # (8, L')
+    positions = position_ids(att)  # (8, L')
     lm = agent.policy.lm
     dtype = torch.bfloat16 if agent.bf16 else torch.float32
     autocast = torch.autocast(agent.device.type, dtype=torch.bfloat16, enabled=agent.bf16)

@@ -69,7 +69,7 @@ def main() -> None:
 
     episodes = agent.rollout()
     tensors = {name: getattr(episodes, name).contiguous() for name in
-               ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs", "token_rewards")}
+               ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "token_rewards")}
     tensors["rewards"] = torch.as_tensor(episodes.rewards)
     safetensors.torch.save_file(tensors, args.out / f"episodes{k}.safetensors")
     (args.out / f"episodes{k}.json").write_text(json.dumps({

@@ -18,10 +18,11 @@ import pytest
 import torch
 from benchmark_module import load_benchmark
 from patience import run
+from step_logits import sampled_logprobs, step_logits
 
 from textenv.devices import autocast, use_bf16
 from textenv.envs import TextGenVectorEnv
-from textenv.generation import SamplingConfig, generate_episodes, next_tokens
+from textenv.generation import SamplingConfig, generate_episodes, next_tokens, position_ids
 from textenv.models import load_causal_lm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,18 +107,20 @@ def test_a_rollout_on_cuda_stays_on_the_device_and_its_logprobs_match_a_full_for
     model = load_causal_lm("tiny-random", device=device, dtype=torch.float32)
     env = TextGenVectorEnv(4, device=device, autoreset_mode="Disabled", **{**tiny_options, "max_new_tokens": 8})
     with torch.no_grad(), autocast(device, True):
-        episodes = generate_episodes(model, env, seed=0)
-        for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "logprobs", "token_rewards"):
+        with step_logits(model) as seen:
+            episodes = generate_episodes(model, env, seed=0)
+        cached = sampled_logprobs(seen, episodes.completion_ids, episodes.completion_mask, env.task.vocab_size)
+        for name in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "token_rewards"):
             assert getattr(episodes, name).device.type == "cuda", name
         # The same log-probs from one forward over prompt + completion (PPO's kind of forward).
         ids = torch.cat([episodes.prompt_ids, episodes.completion_ids], 1)  # (N, P + T)
         mask = torch.cat([episodes.prompt_mask, episodes.completion_mask], 1)  # (N, P + T)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (N, P + T)
+        positions = position_ids(mask)  # (N, P + T)
         width, vocab = env.task.prompt_width, env.task.vocab_size
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits  # (N, P + T, V')
         logp = torch.log_softmax(logits[:, width - 1 : -1, :vocab].float(), -1)  # (N, T, V)
         full = logp.gather(-1, episodes.completion_ids[..., None]).squeeze(-1) * episodes.completion_mask  # (N, T)
-    torch.testing.assert_close(episodes.logprobs, full, rtol=0, atol=5e-2)  # bf16: two kinds of sums
+    torch.testing.assert_close(cached, full, rtol=0, atol=5e-2)  # bf16: two kinds of sums
     assert np.isfinite(episodes.rewards).all()
 
 
@@ -128,11 +131,16 @@ def test_a_static_cache_on_cuda_picks_the_growing_caches_tokens(tiny_options):
     env = TextGenVectorEnv(6, device=device, autoreset_mode="Disabled",
                            **{**tiny_options, "max_new_tokens": 10, "eos_token_ids": list(range(0, 384, 8))})
     greedy = SamplingConfig(temperature=0.0)
+    logprobs = []
     with torch.no_grad():  # fp32: the longer masked sums of the static cache round like the short ones
-        growing = generate_episodes(model, env, sampling=greedy, seed=1)
-        static = generate_episodes(model, env, sampling=greedy, seed=1, static_cache=True)
+        for static_cache in (False, True):
+            with step_logits(model) as seen:
+                episodes = generate_episodes(model, env, sampling=greedy, seed=1, static_cache=static_cache)
+            logprobs.append((episodes, sampled_logprobs(seen, episodes.completion_ids, episodes.completion_mask,
+                                                        env.task.vocab_size)))
+    (growing, growing_logprobs), (static, static_logprobs) = logprobs
     assert torch.equal(growing.completion_ids, static.completion_ids)
-    torch.testing.assert_close(static.logprobs, growing.logprobs, rtol=0, atol=1e-4)
+    torch.testing.assert_close(static_logprobs, growing_logprobs, rtol=0, atol=1e-4)
 
 
 @cuda_test
@@ -154,12 +162,12 @@ def test_the_token_loop_adds_no_device_sync_of_its_own(tiny_options):
     obs, _ = env.reset(seed=0)
     width = env.task.prompt_width
     ids, mask = obs["input_ids"][:, :width], obs["attention_mask"][:, :width]  # (N, P)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (N, P)
+    positions = position_ids(mask)  # (N, P)
     generator = torch.Generator(device=device).manual_seed(0)
     sampling = SamplingConfig()
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        actions, _ = next_tokens(out.logits[:, -1, : env.task.vocab_size], sampling, sampling.warpers(), generator)
+        actions = next_tokens(out.logits[:, -1, : env.task.vocab_size], sampling, sampling.warpers(), generator)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)  # (N, P + 1)
         step = dict(input_ids=actions[:, None], attention_mask=mask, position_ids=positions[:, -1:] + 1,
                     cache=out.cache, use_cache=True)

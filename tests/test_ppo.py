@@ -14,11 +14,13 @@ import numpy as np
 import patience
 import pytest
 import torch
+from step_logits import sampled_logprobs, step_logits
 
 from textenv.agents import PPO, PPOConfig, TrainingError, checkpoint
 from textenv.agents.ppo_math import full_kl, masked_mean
 from textenv.devices import keep_freed_cpu_memory
 from textenv.envs import TextGenEnv
+from textenv.generation import position_ids
 
 PROMPTS = ["hello", "the movie was", "a", "once upon"]
 
@@ -53,13 +55,17 @@ def test_config_checks_sizes_and_names():
         PPOConfig(top_p=0.0)
 
 
-def test_rollout_logprobs_and_values_equal_a_step_by_step_recomputation():
-    """The KV-cache rollout's log-probs, and the batch's log-probs and values, match a full forward at every
-    step of a single env (in fp32)."""
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_rollout_logprobs_and_values_equal_a_step_by_step_recomputation(temperature):
+    """The KV-cache rollout's logits, and the batch's log-probs and values, match a full forward at every step
+    of a single env (in fp32); the log-probs are those of the temperature-scaled distribution the draws follow."""
     env = make_env()
-    agent = small_agent(env)
+    agent = small_agent(env, temperature=temperature)
     torch.nn.init.normal_(agent.policy.value_head.weight, std=0.5)  # non-trivial values
-    episodes = agent.rollout()
+    with step_logits(agent.policy.lm) as seen:
+        episodes = agent.rollout()
+    cached = sampled_logprobs([s / temperature for s in seen], episodes.completion_ids, episodes.completion_mask,
+                              agent.task.vocab_size)  # (N, T) from the rollout's KV-cache decoding
     batch, _ = agent.make_batch(episodes)  # the update's log-probs and values, from a batched forward
     lm = agent.policy.lm
     single = TextGenEnv(model="tiny-random", prompts=PROMPTS, max_new_tokens=8, reward="length(target=4)")
@@ -69,13 +75,13 @@ def test_rollout_logprobs_and_values_equal_a_step_by_step_recomputation():
             ids = torch.as_tensor(obs["input_ids"])[None]
             mask = torch.as_tensor(obs["attention_mask"])[None]
             with torch.no_grad():
-                out = lm(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                out = lm(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask),
                          output_hidden_states=True)
             last = int(single.task.prompt_width + t - 1)  # the position that predicts token t
             token = int(episodes.completion_ids[i, t])
-            expected = torch.log_softmax(out.logits[0, last].float(), -1)[token]
+            expected = torch.log_softmax(out.logits[0, last].float() / temperature, -1)[token]
             value = agent.policy.value_of_hidden(out.hidden_states[-1][0, last])
-            assert episodes.logprobs[i, t].item() == pytest.approx(expected.item(), abs=1e-4)
+            assert cached[i, t].item() == pytest.approx(expected.item(), abs=1e-4)
             assert batch.logprobs[i, t].item() == pytest.approx(expected.item(), abs=1e-4)
             assert batch.values[i, t].item() == pytest.approx(value.item(), abs=1e-4)
             obs, reward, terminated, truncated, info = single.step(token)
@@ -202,7 +208,7 @@ def exact_kl_to_reference(agent, batch) -> float:
     with torch.no_grad():
         logits, _ = agent.policy(batch.input_ids, batch.attention_mask, t, values=False)  # (B, T, V')
         ref = agent.reference(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0)).logits
+                              position_ids=position_ids(batch.attention_mask)).logits
     ref_logp = torch.log_softmax(ref[:, -t - 1 : -1, :vocab].float(), -1)  # (B, T, V)
     return float(masked_mean(full_kl(logits[..., :vocab], ref_logp), batch.mask))
 

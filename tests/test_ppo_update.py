@@ -15,6 +15,7 @@ from stable_baselines3.common.monitor import Monitor
 
 from textenv.agents import PPO
 from textenv.agents.ppo_math import full_kl
+from textenv.generation import position_ids
 
 PROMPTS = ["hello", "the movie was", "a", "once upon"]
 
@@ -160,7 +161,7 @@ def test_predict_follows_sb3_so_evaluate_policy_runs():
         ids = torch.as_tensor(obs["input_ids"])[None]
         mask = torch.as_tensor(obs["attention_mask"])[None]
         logits = agent.policy.lm(input_ids=ids, attention_mask=mask,
-                                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits
+                                 position_ids=position_ids(mask)).logits
     last = int(mask[0].nonzero().max())
     assert int(action) == int(logits[0, last, : agent.task.vocab_size].argmax())
     batched, _ = agent.predict({k: np.stack([v, v]) for k, v in obs.items()}, deterministic=True)

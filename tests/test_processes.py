@@ -69,7 +69,7 @@ def concatenated(parts: list[dict]) -> Episodes:
                       for name in parts[0]["reward_terms"]},
         prompt_ids=pad("prompt_ids", left=True), prompt_mask=pad("prompt_mask", left=True),
         completion_ids=pad("completion_ids", left=False), completion_mask=pad("completion_mask", left=False),
-        logprobs=pad("logprobs", left=False), token_rewards=pad("token_rewards", left=False),
+        token_rewards=pad("token_rewards", left=False),
     )
 
 

@@ -6,6 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from step_logits import sampled_logprobs, step_logits
 
 from textenv.envs import TextGenEnv, TextGenVectorEnv
 from textenv.generation import SamplingConfig, generate_episodes
@@ -139,21 +140,20 @@ def test_the_token_loop_stops_at_the_step_the_last_row_ends(tiny_options, eos):
 
 
 def test_a_preallocated_static_cache_gives_the_same_episodes_as_a_growing_one(tiny_options):
-    """Left-padded prompts of different lengths, rows ending at different steps, sampled, with values."""
+    """Left-padded prompts of different lengths, rows ending at different steps, sampled."""
     model = load_causal_lm("tiny-random")
-    head = torch.nn.Linear(model.config.hidden_size, 1)
     vec = TextGenVectorEnv(6, autoreset_mode="Disabled", **{**tiny_options, "max_new_tokens": 10,
                                                              "eos_token_ids": list(range(0, 384, 8))})
-    runs = [
-        generate_episodes(model, vec, seed=11, value_head=lambda h: head(h).squeeze(-1), static_cache=static)
-        for static in (False, True)
-    ]
+    runs, logprobs = [], []
+    for static in (False, True):
+        with step_logits(model) as seen:
+            runs.append(generate_episodes(model, vec, seed=11, static_cache=static))
+        logprobs.append(sampled_logprobs(seen, runs[-1].completion_ids, runs[-1].completion_mask, 384))
     growing, static = runs
     assert len(set(growing.completion_mask.sum(1).tolist())) > 1  # the rows ended at different steps
     assert (growing.prompt_mask == 0).any()  # some prompts were left-padded
     assert torch.equal(growing.completion_ids, static.completion_ids)
-    torch.testing.assert_close(static.logprobs, growing.logprobs, rtol=0, atol=1e-5)
-    torch.testing.assert_close(static.values, growing.values, rtol=0, atol=1e-5)
+    torch.testing.assert_close(logprobs[1], logprobs[0], rtol=0, atol=1e-5)
     assert growing.completions == static.completions
 
 
@@ -177,9 +177,8 @@ def test_sampling_follows_the_distribution_and_never_draws_a_filtered_token():
     assert (draws != 1).all()
 
 
-def test_the_temperature_divides_the_logits_once_and_the_logprobs_follow_the_draws():
-    """At temperature 0.5 the draws follow softmax(2 * logits), and each token's log-prob is taken
-    from that same distribution (top-k filters the draw, not the log-prob)."""
+def test_the_temperature_divides_the_logits_once_before_top_k_filters_the_draw():
+    """At temperature 0.5 the draws follow softmax(2 * logits); top-k then keeps the two likeliest of it."""
     from textenv.generation import next_tokens
 
     probs = torch.tensor([0.1, 0.2, 0.3, 0.4])
@@ -189,10 +188,9 @@ def test_the_temperature_divides_the_logits_once_and_the_logprobs_follow_the_dra
         (SamplingConfig(temperature=0.5), tempered),
         (SamplingConfig(temperature=0.5, top_k=2), torch.tensor([0, 0, 0.09, 0.16]) / 0.25),
     ]:
-        draws, logprobs = next_tokens(logits, sampling, sampling.warpers(), torch.Generator().manual_seed(0))
+        draws = next_tokens(logits, sampling, sampling.warpers(), torch.Generator().manual_seed(0))
         freq = torch.bincount(draws, minlength=4).float() / len(draws)
         torch.testing.assert_close(freq, law, atol=0.01, rtol=0)
-        torch.testing.assert_close(logprobs, tempered.log()[draws])
 
 
 def test_dense_sentiment_sums_to_the_sentiment_of_an_episode_that_ends_at_eos(byte_tokenizer):

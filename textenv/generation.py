@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +29,8 @@ class SamplingConfig:
         """transformers' top-k and top-p filters for these settings.
 
         The temperature is not among them: :func:`next_tokens` divides the logits by it
-        first, since the log-probs it returns are those of the temperature-scaled
-        distribution.
+        first (PPO's log-probs are those of the temperature-scaled distribution, before
+        top-k and top-p).
         """
         warpers = LogitsProcessorList()
         if self.top_k > 0:
@@ -54,10 +53,7 @@ class Episodes:
         prompt_mask: (N, P) 1 for real prompt tokens.
         completion_ids: (N, T) the sampled tokens (pad after the episode ended).
         completion_mask: (N, T) 1 for the tokens of the episode.
-        logprobs: (N, T) log-probability of each sampled token under the sampling
-            model's temperature-scaled distribution (before top-k/top-p), 0 past the end.
         token_rewards: (N, T) per-token rewards from sources that give them (zeros if none).
-        values: (N, T) the value head's estimate before each token, if one was given.
     """
 
     prompts: list[str]
@@ -68,9 +64,7 @@ class Episodes:
     prompt_mask: torch.Tensor
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
-    logprobs: torch.Tensor
     token_rewards: torch.Tensor
-    values: torch.Tensor | None = None
 
     @property
     def scores(self) -> np.ndarray:
@@ -88,7 +82,6 @@ def generate_episodes(
     generator: torch.Generator | None = None,
     prompts: list[str] | None = None,
     progress: bool = False,
-    value_head: Callable[[torch.Tensor], torch.Tensor] | None = None,
     static_cache: bool = False,
 ) -> Episodes:
     """Run one episode in every row of ``env`` with ``model`` choosing the tokens.
@@ -109,13 +102,11 @@ def generate_episodes(
         generator: draws the samples (its state advances); made from ``seed`` if None.
         prompts: one prompt per row instead of drawing from the prompt set.
         progress: show a progress bar over the generated tokens.
-        value_head: maps the last hidden state (N, H) to values (N,); when given, the
-            values of every step are returned (from the same forward as the logits).
         static_cache: keep the keys and values in a cache allocated once for the whole
             episode (transformers' ``StaticCache``, prompt width + ``max_new_tokens``
             positions) instead of one that grows by a concatenation each step. Each step
             then attends over all preallocated positions (the unwritten ones masked): the
-            same distribution (in fp32 the same tokens, log-probs within 1e-5), while under
+            same distribution (in fp32 the same tokens, logits within 1e-5), while under
             bf16 the longer sums round differently, so a sampled token can differ. Slower on
             a CPU; on a GPU
             it gives the decode step fixed shapes and addresses, what ``torch.compile`` and
@@ -140,9 +131,6 @@ def generate_episodes(
     cache = StaticCache(config=model.config, max_cache_len=width + limit) if static_cache else None
     inputs = prompt_ids
     warpers = sampling.warpers()
-    logprobs = torch.zeros(n, limit, device=env.device)  # (N, T)
-    values = torch.zeros(n, limit, device=env.device) if value_head is not None else None
-    done = torch.zeros(n, dtype=torch.bool, device=env.device)
     running = n  # rows not ended yet, counted on the host from the env's info: no device sync per token
     ended = _Ended(n, limit, env.task.rewards.names)
     bar = tqdm(total=limit, desc="generating", unit="tok", disable=not progress, leave=False)
@@ -152,20 +140,13 @@ def generate_episodes(
             # A static cache masks the whole preallocated length (its unwritten positions are
             # also behind the causal mask); a growing cache takes the mask up to this token.
             attention = full_mask if static_cache else full_mask[:, : width + t]  # (N, P + t)
-            out = model(
-                input_ids=inputs, attention_mask=attention, position_ids=positions, cache=cache,
-                use_cache=True, output_hidden_states=value_head is not None,
-            )
+            out = model(input_ids=inputs, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True)
             cache = out.cache
-            actions, step_logprobs = next_tokens(out.logits[:, -1, : env.task.vocab_size], sampling, warpers, generator)
-            logprobs[:, t] = step_logprobs * ~done  # (N,)
-            if value_head is not None:
-                values[:, t] = value_head(out.hidden_states[-1][:, -1]).float() * ~done  # (N,)
-            _, reward, terminated, truncated, info = env.step(actions)
+            actions = next_tokens(out.logits[:, -1, : env.task.vocab_size], sampling, warpers, generator)  # (N,)
+            _, reward, _, _, info = env.step(actions)
             if "completion" in info:
                 ended.collect(info, reward)
                 running -= int(info["_completion"].sum())  # host numpy: the rows that ended at this step
-            done |= terminated | truncated
             bar.update(1)
             if running == 0:
                 break
@@ -176,8 +157,7 @@ def generate_episodes(
     return Episodes(
         prompts=ended.prompts, completions=ended.completions, rewards=ended.rewards,
         reward_terms=ended.terms, prompt_ids=prompt_ids, prompt_mask=full_mask[:, :width],
-        completion_ids=ids, completion_mask=mask, logprobs=logprobs,
-        token_rewards=ended.token_rewards.to(env.device), values=values,
+        completion_ids=ids, completion_mask=mask, token_rewards=ended.token_rewards.to(env.device),
     )
 
 
@@ -188,7 +168,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def next_tokens(
     logits: torch.Tensor, sampling: SamplingConfig, warpers: LogitsProcessorList, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> torch.Tensor:
     """Draw the next token of each row from the model's (N, V) logits.
 
     Args:
@@ -198,12 +178,10 @@ def next_tokens(
         generator: the random numbers of the draw.
 
     Returns:
-        (N,) the tokens, and (N,) their log-probs under the temperature-scaled distribution
-        before top-k and top-p, as the PPO update recomputes them.
+        (N,) the tokens, drawn from the temperature-scaled distribution filtered by top-k and top-p.
     """
     scaled = logits.float() / (sampling.temperature or 1.0)  # (N, V)
-    actions = sample_tokens(warpers(None, scaled), sampling, generator)  # (N,)
-    return actions, torch.log_softmax(scaled, -1).gather(1, actions[:, None]).squeeze(1)
+    return sample_tokens(warpers(None, scaled), sampling, generator)  # (N,)
 
 
 def sample_tokens(logits: torch.Tensor, sampling: SamplingConfig, generator: torch.Generator) -> torch.Tensor:
