@@ -215,3 +215,13 @@ def test_resuming_a_run_that_has_done_its_iterations_says_there_is_nothing_to_do
     out = capsys.readouterr().out
     assert "nothing to do: the run has done 3 iterations and --iterations is 2" in out, out
     assert contents(run) == before
+
+
+@pytest.mark.filterwarnings("ignore:.*keep only their last")  # (the env says it cuts the prompt: expected here)
+def test_a_megabyte_prompt_is_not_printed_whole_by_a_run(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a" * 1_000_000 + "\n")
+    assert train(tmp_path / "run", "--prompts", str(prompts), "--iterations", "1", "--eval-prompts", "1",
+                 "--sample-every", "1", "--progress") == 0
+    out = capsys.readouterr().out
+    assert "... (1,000,000 characters)" in out and max(len(line) for line in out.splitlines()) < 1000
