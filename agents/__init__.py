@@ -8,5 +8,6 @@ and ``textenv sft`` (``sft_cli``), built-in plugins of the ``textenv`` command l
 from textenv.agents.checkpoint import CheckpointError, DiskFullError
 from textenv.agents.ppo import PPO, TrainingError
 from textenv.agents.ppo_config import PPOConfig
+from textenv.agents.run_dir import RunDirError
 
-__all__ = ["PPO", "CheckpointError", "DiskFullError", "PPOConfig", "TrainingError"]
+__all__ = ["PPO", "CheckpointError", "DiskFullError", "PPOConfig", "RunDirError", "TrainingError"]

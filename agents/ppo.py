@@ -124,6 +124,10 @@ class PPO:
                 a wrapper of either); the agent samples its own batched copy of the task.
             model: the causal LM to train; by default the env's ``model`` is loaded.
             **options: :class:`PPOConfig` fields.
+
+        Raises:
+            RunDirError: ``run_dir`` is in use by another process, or holds another run's checkpoints
+                (``overwrite=True`` replaces that run).
         """
         self.config = PPOConfig.from_options(options)
         self._setup(env, model, reference=None, reference_is_env_model=model is None)
@@ -761,18 +765,14 @@ class PPO:
                 weights on another task, start a new run: ``PPO(env, model=load_causal_lm(path / "model"))``.
             **overrides: config fields to change, e.g. ``device``, ``run_dir``, ``progress``
                 (applied as given: ``textenv train --resume`` decides which flags may change a run).
-                Without ``run_dir`` the run continues where the checkpoint is now: in the run directory
-                holding its ``checkpoints/`` (a copied or moved run writes into the copy, never the
-                original), or the recorded one if the checkpoint lies inside it; a checkpoint copied out of
-                its run writes no run directory. Newer checkpoints of that run than the one loaded are
-                set aside (renamed ``NAME.abandoned``), and it is locked as :class:`PPO` locks a new run's.
-                ``overwrite`` is never taken from the checkpoint.
+                Without ``run_dir`` the run continues in the run directory the checkpoint is in now (a
+                copy writes into the copy), whose newer checkpoints are set aside as ``NAME.abandoned``
+                (:func:`~textenv.agents.run_dir.run_of_checkpoint`). ``overwrite`` is never inherited.
 
         Raises:
             CheckpointError: the checkpoint is damaged or incomplete (the file is named), lists files its
                 manifest does not, or the env differs from the run's.
-            RunDirError: the run directory is in use by another process, or (given as ``run_dir``) holds
-                another run's checkpoints and ``overwrite`` is not set.
+            RunDirError: the run directory is in use by another process, or holds another run's checkpoints.
         """
         return ppo_checkpoint.load(cls, Path(path), env, overrides)
 

@@ -68,7 +68,15 @@ def _wait_for(predicate, what: str, *, person=None, child=None, db=None) -> None
         signs.append(lambda: cpu_seconds(child.pid))
     if db is not None:
         signs.append(lambda: [os.path.getsize(p) for p in (f"{db}", f"{db}-wal") if os.path.exists(p)])
-    wait_until(predicate, what=what, progress=signs)
+
+    def done() -> bool:
+        if predicate():
+            return True
+        if child is not None and child.poll() is not None:  # it will make no more progress: say so at once
+            raise AssertionError(f"waiting for {what}: the child exited with status {child.returncode}")
+        return False
+
+    wait_until(done, what=what, progress=signs)
 
 
 def _spawn(args: list[str], slave: int, log) -> subprocess.Popen:
@@ -247,11 +255,11 @@ def test_training_with_a_simulated_human_at_the_terminal_survives_kill_9(tmp_pat
     reward = f"human(db='{db}', {FAST}, hhat_min_presses=5)"
     args = ["train", "--model", TINY_MODEL, "--prompts", "movie-reviews", "--reward", reward,
             "--batch-size", "4", "--mini-batch-size", "4", "--ppo-epochs", "1", "--max-new-tokens", "12",
-            "--group-size", "2", "--eval-prompts", "0", "--output-dir", str(tmp_path / "run")]
+            "--group-size", "2", "--eval-prompts", "0"]
     # a complete short run: trains on keypresses, saves Ĥ
     master, slave = pty.openpty()
     with open(tmp_path / "stderr.txt", "w") as log:
-        child = _spawn([*args, "--iterations", "2"], slave, log)
+        child = _spawn([*args, "--iterations", "2", "--output-dir", str(tmp_path / "run")], slave, log)
     os.close(slave)
     with SimulatedHuman(LetterCritic(), behaviour=HumanModel().scaled(20), master_fd=master, seed=2) as person:
         assert wait_for_exit(child, progress=[lambda: len(person.screen)]) == 0, \
@@ -261,10 +269,11 @@ def test_training_with_a_simulated_human_at_the_terminal_survives_kill_9(tmp_pat
     assert (tmp_path / "feedback.hhat.safetensors").exists()
     first = _count(db, "keypresses")
     assert first > 0
-    # a long run, killed -9 mid-training: every keypress committed before the kill is still there
+    # a second, long run on the same feedback store, killed -9 mid-training: every keypress committed before the
+    # kill is still there
     master, slave = pty.openpty()
     with open(tmp_path / "stderr2.txt", "w") as log:
-        child = _spawn([*args, "--iterations", "50"], slave, log)
+        child = _spawn([*args, "--iterations", "50", "--output-dir", str(tmp_path / "run2")], slave, log)
     os.close(slave)
     try:
         with SimulatedHuman(LetterCritic(), behaviour=HumanModel().scaled(20), master_fd=master, seed=3) as person:
