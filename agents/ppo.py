@@ -397,11 +397,11 @@ class PPO:
                     )
             except (RewardError, RewardInterrupted) as error:
                 failure = error
-            kinds = self.processes.objects(None if failure is None else type(failure).__name__)
-            if any(kinds):  # raised inside: the batch leaves no statistics behind
-                if "RewardInterrupted" in kinds:
-                    raise failure if isinstance(failure, RewardInterrupted) else \
-                        RewardInterrupted(f"Ctrl-C in a reward call of process {kinds.index('RewardInterrupted')}")
+            kind = 0 if failure is None else 2 if isinstance(failure, RewardInterrupted) else 1
+            worst = int(self.processes.max(torch.tensor([kind], device=self.device)))  # a Ctrl-C wins over an error
+            if worst:  # raised inside: the batch leaves no statistics behind
+                if worst == 2:
+                    raise failure if kind == 2 else RewardInterrupted("Ctrl-C in another process's reward call")
                 raise failure or RewardError("a reward source failed in another process (its message names it)")
         return episodes
 
