@@ -97,9 +97,12 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from textenv.plugins.human.simulated import SimulatedJudge
 
 ARMS = ("floor", "reference", "tamer", "tamer_no_hhat", "ratings", "ab_active", "ab_random", "ratings_coin")
 """Every arm, in the order the study runs them (within a seed)."""
@@ -242,53 +245,17 @@ def reference_reward(study: Study) -> str:
     return "study_critic"
 
 
-@dataclass
-class EpisodeJudge:
-    """How the simulated person answers rate and A/B questions, and what each answer costs them.
+def EpisodeJudge(critic: Any, pace: float, rng: np.random.Generator) -> SimulatedJudge:  # the old class name
+    """How the simulated person answers rate, A/B and best-of-K questions, and what each answer costs.
 
-    The judgement is the critic's score of the whole completion; the noise is the
-    ``HumanModel``'s (misses become skips, wrong keys a random or the opposite answer); the
-    cost is reading the completion(s) at the pace plus a decision delay in the reaction range.
+    The library's :class:`~textenv.plugins.human.simulated.SimulatedJudge` with the study's
+    person (``HumanModel()``'s noise and reaction range) and tie gap: the same answers from
+    the same random stream as the class this study used to define, so earlier cells stay
+    comparable.
     """
+    from textenv.plugins.human.simulated import HumanModel, SimulatedJudge
 
-    critic: Any
-    pace: float
-    rng: np.random.Generator
-
-    def _decision(self) -> float:
-        from textenv.plugins.human.simulated import HumanModel
-
-        b = HumanModel()
-        return float(self.rng.uniform(b.reaction_min, b.reaction_max))
-
-    def _noise(self) -> str | None:
-        from textenv.plugins.human.simulated import HumanModel
-
-        b = HumanModel()
-        if self.rng.random() < b.miss:
-            return "miss"
-        return "flip" if self.rng.random() < b.flip else None
-
-    def rate(self, text: str, n_tokens: int) -> tuple[str, float]:
-        """The key the person presses for a 1-5 rating, and the person-seconds it took."""
-        seconds = n_tokens / self.pace + self._decision()
-        noise = self._noise()
-        if noise == "miss":
-            return "s", seconds
-        rating = int(np.clip(round(3 + 2 * self.critic.completion(text)), 1, 5))
-        return str(int(self.rng.integers(1, 6)) if noise == "flip" else rating), seconds
-
-    def compare(self, a: str, b: str, n_tokens: int) -> tuple[str, float]:
-        """The key for A/B (a, b, t or s) and the person-seconds it took."""
-        seconds = n_tokens / self.pace + self._decision()
-        noise = self._noise()
-        if noise == "miss":
-            return "s", seconds
-        gap = self.critic.completion(a) - self.critic.completion(b)
-        if abs(gap) < TIE_GAP:
-            return "t", seconds
-        better = "a" if gap > 0 else "b"
-        return ({"a": "b", "b": "a"}[better] if noise == "flip" else better), seconds
+    return SimulatedJudge(critic, pace, rng, behaviour=HumanModel(), tie_gap=TIE_GAP)
 
 
 # --------------------------------------------------------------------------- completions
@@ -407,7 +374,7 @@ def answer_when_asked(person, start: int, marker: str, answer, timeout: float = 
     return thread
 
 
-def rate_session(study: Study, store, pool: Sequence[Sample], budget_s: float, judge: EpisodeJudge,
+def rate_session(study: Study, store, pool: Sequence[Sample], budget_s: float, judge: SimulatedJudge,
                  order: Sequence[int], seed: int) -> dict[str, Any]:
     """The person rates pool completions in ``order`` until the budget is spent; each answer stored."""
     from textenv.plugins.human.episodes import RATE_HELP, rate_completions
@@ -433,7 +400,7 @@ def rate_session(study: Study, store, pool: Sequence[Sample], budget_s: float, j
 
 
 def compare_session(study: Study, store, pool: Sequence[Sample], pairs: Sequence[tuple[int, int, float]],
-                    budget_s: float, judge: EpisodeJudge, seed: int) -> tuple[int, int, float]:
+                    budget_s: float, judge: SimulatedJudge, seed: int) -> tuple[int, int, float]:
     """The person answers A/B questions on ``pairs`` until the budget is spent.
 
     Returns:

@@ -13,6 +13,11 @@ Example::
     with SimulatedHuman(VaderCritic(), seed=0) as person:
         reward = f"human(tty='{person.tty_path}', pace=40, min_delay=0.02, max_delay=0.4)"
         ...                                    # train; person.presses counts the keys sent
+
+:class:`SimulatedJudge` is the same person answering the questions about whole completions
+(a rating, an A/B choice, the best and worst of K) with the same critic and noise, without a
+terminal: it returns the answer and the person-seconds it took, for benchmarks that count
+what a person's time buys.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import select
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
@@ -297,3 +302,130 @@ class SimulatedHuman:
                 except OSError:
                     return
                 self.presses += keys.count(b"g") + keys.count(b"b")
+
+
+TIE_GAP = 0.05
+"""Completions whose critic scores differ by less than this look alike to the simulated person."""
+
+
+@dataclass
+class SimulatedJudge:
+    """How the simulated person answers questions about whole completions, and what each answer costs.
+
+    The judgement is the critic's score of each whole completion. The noise is the
+    :class:`HumanModel`'s: a miss skips the question; a wrong key gives a random rating, the
+    other completion of an A/B pair, or a random other one as the best (or the worst). The cost
+    is reading every token shown at ``pace`` tokens per second, plus a decision delay drawn
+    from the reaction range. One random stream (``rng``) draws all of it, in a fixed order per
+    question, so a seed replays the same answers.
+
+    Example::
+
+        judge = SimulatedJudge(VaderCritic(), pace=4.0, rng=np.random.default_rng(0))
+        key, seconds = judge.rate("What a lovely film.", n_tokens=6)            # "5", 1.5 + decision
+        best, worst, seconds = judge.best_of(texts, n_tokens=sum(lengths))      # indices into texts
+
+    Args:
+        critic: what the person thinks of a completion (:meth:`Critic.completion`).
+        pace: tokens the person reads per second.
+        rng: the random stream of decisions and noise.
+        behaviour: the decision delay's range and the miss and wrong-key probabilities.
+        tie_gap: scores closer than this look alike (an A/B tie; nothing to pick among K).
+        scale: ratings go from 1 to this.
+    """
+
+    critic: Critic
+    pace: float = 4.0
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    behaviour: HumanModel = HumanModel()
+    tie_gap: float = TIE_GAP
+    scale: int = 5
+
+    def __post_init__(self) -> None:
+        if not self.pace > 0:
+            raise ValueError(f"pace is the tokens read per second and must be > 0, got {self.pace}")
+        if not 2 <= self.scale <= 9:
+            raise ValueError(f"scale is the highest rating, 2 to 9 (one key each), got {self.scale}")
+
+    def rate(self, text: str, n_tokens: int) -> tuple[str, float]:
+        """A rating question: the key pressed (``"1"`` .. the scale, or ``"s"``) and the person-seconds.
+
+        The rating maps the score's [-1, 1] linearly onto 1..scale (``round(3 + 2 * score)`` on 1-5).
+        """
+        seconds = self._seconds(n_tokens)
+        noise = self._noise()
+        if noise == "miss":
+            return "s", seconds
+        middle, half = (self.scale + 1) / 2, (self.scale - 1) / 2
+        rating = int(np.clip(round(middle + half * self.critic.completion(text)), 1, self.scale))
+        return str(int(self.rng.integers(1, self.scale + 1)) if noise == "flip" else rating), seconds
+
+    def compare(self, a: str, b: str, n_tokens: int) -> tuple[str, float]:
+        """An A/B question: the key (``"a"``, ``"b"``, ``"t"`` tie or ``"s"`` skip) and the person-seconds.
+
+        ``n_tokens`` counts both completions' tokens (both are read).
+        """
+        seconds = self._seconds(n_tokens)
+        noise = self._noise()
+        if noise == "miss":
+            return "s", seconds
+        gap = self.critic.completion(a) - self.critic.completion(b)
+        if abs(gap) < self.tie_gap:
+            return "t", seconds
+        better = "a" if gap > 0 else "b"
+        return ({"a": "b", "b": "a"}[better] if noise == "flip" else better), seconds
+
+    def best_of(self, texts: Sequence[str], n_tokens: int) -> tuple[int | None, int | None, float]:
+        """A best-of-K question: the best's index, the worst's index, and the person-seconds.
+
+        The best is the highest-scored completion; the question is skipped (``None, None``) on
+        a miss, or when all K look alike (scores within ``tie_gap``). The worst is the
+        lowest-scored of the others, given only when K >= 3 and it stands out (``tie_gap``
+        below every other one but the best); otherwise ``None``, as a person skips the
+        optional second key when unsure. A wrong key makes either answer a random other one.
+
+        Args:
+            texts: the K completions, in the order shown.
+            n_tokens: their tokens together (all K are read).
+
+        Returns:
+            ``(best, worst, seconds)``; indices into ``texts``, ``None`` where not given.
+        """
+        if len(texts) < 2:
+            raise ValueError(f"best_of needs at least 2 completions to choose among, got {len(texts)}")
+        seconds = self._seconds(n_tokens)
+        noise = self._noise()
+        scores = np.array([self.critic.completion(t) for t in texts])
+        if noise == "miss" or scores.max() - scores.min() < self.tie_gap:
+            return None, None, seconds
+        best = int(np.argmax(scores))
+        if noise == "flip":
+            best = self._any_but(len(texts), best)
+        return best, self._worst(scores, best), seconds
+
+    def _worst(self, scores: np.ndarray, best: int) -> int | None:
+        """The worst of the completions but ``best``, when it stands out (a wrong key: another of them)."""
+        rest = sorted((k for k in range(len(scores)) if k != best), key=lambda k: scores[k])
+        if len(rest) < 2:  # K = 2: the best's answer already says which is worse
+            return None
+        worst, runner_up = rest[0], rest[1]
+        if scores[runner_up] - scores[worst] < self.tie_gap:
+            return None
+        if self.rng.random() < self.behaviour.flip:
+            return int(self.rng.choice(rest[1:]))
+        return worst
+
+    def _any_but(self, n: int, k: int) -> int:
+        """A uniformly random index of ``range(n)`` other than ``k``."""
+        return int(self.rng.choice([i for i in range(n) if i != k]))
+
+    def _seconds(self, n_tokens: int) -> float:
+        """Reading ``n_tokens`` at the pace, then deciding (a delay in the reaction range)."""
+        b = self.behaviour
+        return n_tokens / self.pace + float(self.rng.uniform(b.reaction_min, b.reaction_max))
+
+    def _noise(self) -> str | None:
+        """``"miss"`` (no answer), ``"flip"`` (a wrong key) or None (the answer the person meant)."""
+        if self.rng.random() < self.behaviour.miss:
+            return "miss"
+        return "flip" if self.rng.random() < self.behaviour.flip else None
