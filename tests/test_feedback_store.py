@@ -164,9 +164,10 @@ def test_a_new_or_empty_file_becomes_a_marked_store(tmp_path):
 
 def test_a_store_written_before_the_mark_is_adopted(tmp_path):
     path = tmp_path / "old.db"
-    con = sqlite3.connect(path)  # what the store wrote before it set application_id
+    con = sqlite3.connect(path)  # what the store wrote before it set application_id: schema 1, no best-of-K table
     con.execute("PRAGMA journal_mode=WAL")
     con.executescript(_SCHEMA)
+    con.execute("DROP TABLE choices")
     con.execute("PRAGMA user_version=1")
     con.execute("INSERT INTO sessions (started_at, mode) VALUES (1.0, 'compare')")
     con.execute("INSERT INTO comparisons (session_id, prompt, completion_a, completion_b, choice, at) "
@@ -176,6 +177,9 @@ def test_a_store_written_before_the_mark_is_adopted(tmp_path):
     with FeedbackStore(path) as store:
         assert store.preference_pairs() == [{"prompt": "p", "chosen": "x", "rejected": "y"}]
         assert store._db.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+        store.add_choice(1, "p", ["x", "y"], best=0)  # and it takes the labels of later versions
+    with FeedbackStore(path) as store:
+        assert len(store.preference_pairs()) == 2
 
 
 def test_a_directory_given_as_the_store_is_said_to_be_one_in_one_line(tmp_path, capsys, pm):
@@ -188,3 +192,98 @@ def test_a_directory_given_as_the_store_is_said_to_be_one_in_one_line(tmp_path, 
         assert capsys.readouterr().err == f"textenv: error: {said}\n"
     with pytest.raises(RewardError, match=f"^reward term 'human': db=: {re.escape(said)}$"):
         RewardPipeline.from_spec(f"human(db={tmp_path})", pm)  # when the spec is read, before any model loads
+
+
+def _other_connection_rows(path, sql):
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 6])
+def test_a_best_of_k_answer_gives_k_minus_1_pairs_and_2k_minus_3_with_a_worst(store, k):
+    session = store.start_session("label-best")
+    texts = [f"completion {i}" for i in range(k)]
+    choice = store.add_choice(session, "p", texts, best=1)
+    # committed at once: another connection sees it before anything else happens
+    assert _other_connection_rows(store.path, "SELECT best, worst FROM choices") == [(1, None)]
+    pairs = store.preference_pairs()
+    assert len(pairs) == k - 1
+    assert all(p["chosen"] == "completion 1" and p["prompt"] == "p" for p in pairs)
+    assert {p["rejected"] for p in pairs} == set(texts) - {"completion 1"}
+    if k < 3:
+        return
+    store.set_choice_worst(choice, k - 1)
+    assert _other_connection_rows(store.path, "SELECT best, worst FROM choices") == [(1, k - 1)]
+    pairs = store.preference_pairs()
+    assert len(pairs) == 2 * k - 3
+    over_worst = [(p["chosen"], p["rejected"]) for p in pairs[k - 1 :]]
+    assert over_worst == [(t, f"completion {k - 1}") for t in texts if t not in ("completion 1", f"completion {k - 1}")]
+    assert store.stats()["choices"] == 1 and store.stats()["choices_with_worst"] == 1
+    assert store.stats()["preference_pairs"] == 2 * k - 3
+
+
+def test_a_best_of_k_answer_among_repeated_texts_gives_no_pair_of_a_text_with_itself(store):
+    session = store.start_session("label-best")
+    store.add_choice(session, "p", ["same", "other", "same"], best=0, worst=1)
+    assert [(p["chosen"], p["rejected"]) for p in store.preference_pairs()] == [("same", "other")] * 2
+
+
+@pytest.mark.parametrize(("completions", "best", "worst", "message"), [
+    (["only"], 0, None, "a best-of-K answer chooses among 2 or more completions, got 1"),
+    (["x", "y"], 2, None, r"best is the index of one of the 2 completions \(0 to 1\), got 2"),
+    (["x", "y", "z"], 0, -1, r"worst is the index of one of the 3 completions \(0 to 2\), got -1"),
+    (["x", "y", "z"], 1, 1, r"the worst completion cannot be the best one too \(both 1\)"),
+])
+def test_a_bad_best_of_k_answer_is_refused_in_one_line(store, completions, best, worst, message):
+    session = store.start_session("label-best")
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        store.add_choice(session, "p", completions, best=best, worst=worst)
+    assert store.choices() == []
+    choice = store.add_choice(session, "p", ["x", "y", "z"], best=0)
+    with pytest.raises(ValueError, match=r"^the worst completion cannot be the best one too \(both 0\)$"):
+        store.set_choice_worst(choice, 0)
+
+
+def test_a_marked_store_from_before_best_of_k_opens_and_gains_its_table(tmp_path):
+    path = tmp_path / "v1.db"
+    with FeedbackStore(path) as store:
+        store.add_comparison(store.start_session("label-compare"), "p", "x", "y", "a")
+    con = sqlite3.connect(path)  # as the first marked version left it: no choices table, user_version 1
+    con.execute("DROP TABLE choices")
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+    with FeedbackStore(path) as store:
+        store.add_choice(1, "p", ["x", "y", "z"], best=2, worst=0)
+        assert len(store.preference_pairs()) == 1 + 3
+        assert store._db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_zero_pairs_are_explained(tmp_path, capsys):
+    db = tmp_path / "feedback.db"
+    with FeedbackStore(db) as store:
+        assert store.why_no_pairs() == ("the store holds no ratings, A/B or best-of-K answers, "
+                                        "or credited keypresses")
+        session = store.start_session("label-rate")
+        for prompt, rating in [("p1", 5), ("p2", 1), ("p3", 3), ("p3", 3)]:
+            store.add_rating(session, store.add_episode(session, prompt, f"{prompt} {rating}", [1], ["x"]), rating,
+                             scale=5)
+        credited = store.add_episode(session, "p4", "pressed", [1], ["x"])
+        store.set_token_rewards(credited, [1.0], [1.0])
+        store.add_comparison(session, "p5", "x", "y", "tie")
+        assert store.preference_pairs() == []
+        assert store.why_no_pairs() == (
+            "1 A/B answer, all ties or skips; 4 ratings over 3 prompts: pairs come from two completions of one "
+            "prompt rated differently; 1 completion credited from keypresses over 1 prompt: pairs come from two "
+            "completions of one prompt whose credited rewards differ by at least 0.5 press")
+        assert "4 ratings left out (--no-ratings)" in store.why_no_pairs(include_ratings=False)
+    out = tmp_path / "prefs.jsonl"
+    assert cli.main(["feedback", "export", "--db", str(db), "--output", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert said.startswith(f"wrote 0 preference pairs to {out} (1 A/B answer, all ties or skips; 4 ratings over 3")
+    assert len(said.splitlines()) == 1
+    assert cli.main(["feedback", "stats", "--db", str(db)]) == 0
+    assert "preference pairs for export: 0 (1 A/B answer" in capsys.readouterr().out

@@ -2,7 +2,7 @@
 
 One database file holds sessions, what was shown (episodes with their tokens and the
 time each token appeared), every keypress, the per-token rewards credited from them,
-episode ratings and A/B comparisons. Durability: the journal is WAL and
+episode ratings, A/B comparisons and best-of-K choices. Durability: the journal is WAL and
 ``synchronous=FULL``, so each commit is fsynced into the WAL before the call returns:
 a label survives Ctrl-C, ``kill -9`` and a closed terminal (those only need the commit
 to have reached the OS, which WAL with ``NORMAL`` already gives) and also a power cut
@@ -24,6 +24,7 @@ mark) is marked and opened, and anything else is refused with
 from __future__ import annotations
 
 import json
+import numbers
 import sqlite3
 import threading
 import time
@@ -36,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""1: sessions, episodes, keypresses, token_rewards, ratings, comparisons. 2: ``choices`` (best-of-K) added."""
 
 APPLICATION_ID = 0x74784642
 """The mark in a feedback store's SQLite header (``PRAGMA application_id``): ASCII ``txFB``."""
@@ -48,7 +50,7 @@ CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
     started_at REAL NOT NULL,
     ended_at REAL,
-    mode TEXT NOT NULL,              -- tokens | rate | compare | train
+    mode TEXT NOT NULL,              -- label-tokens, label-rate, label-compare, label-best, train, ...
     options TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS episodes (
@@ -96,9 +98,18 @@ CREATE TABLE IF NOT EXISTS comparisons (
     disagreement REAL,               -- the ensemble's std that chose this pair, if any
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS choices (
+    id INTEGER PRIMARY KEY,
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    prompt TEXT NOT NULL,
+    completions TEXT NOT NULL,       -- JSON list of the K completions, in the order shown
+    best INTEGER NOT NULL,           -- index into completions, from 0 (the screen numbers them from 1)
+    worst INTEGER,                   -- index of the worst, NULL when the person gave none
+    at REAL NOT NULL
+);
 """
 
-_COLUMNS = {
+_LEGACY_COLUMNS = {
     "sessions": ("id", "started_at", "ended_at", "mode", "options"),
     "episodes": ("id", "session_id", "prompt", "completion", "token_ids", "tokens", "shown_at", "hidden_at",
                  "created_at"),
@@ -107,7 +118,8 @@ _COLUMNS = {
     "ratings": ("id", "session_id", "episode_id", "rating", "scale", "at"),
     "comparisons": ("id", "session_id", "prompt", "completion_a", "completion_b", "choice", "disagreement", "at"),
 }
-"""Each table of :data:`_SCHEMA` and its columns: what a store written before the mark must hold to be adopted."""
+"""The tables of schema version 1 and their columns: what a store written before the mark must hold to be adopted
+(the mark came before version 2, so an unmarked store never has its later tables)."""
 
 
 class FeedbackStoreError(RuntimeError):
@@ -294,6 +306,50 @@ class FeedbackStore:
             (session_id, prompt, completion_a, completion_b, choice, disagreement, time.time()),
         )
 
+    def add_choice(
+        self, session_id: int, prompt: str, completions: Sequence[str], best: int, worst: int | None = None
+    ) -> int:
+        """Commit a best-of-K answer: which of ``completions`` (as shown) is best, and which is worst.
+
+        Args:
+            session_id: the session it belongs to.
+            prompt: the prompt all K completions answer.
+            completions: the K >= 2 completions, in the order shown.
+            best: the best one's index into ``completions``.
+            worst: the worst one's index, or None (not given).
+
+        Returns:
+            The answer's row id (:meth:`set_choice_worst` adds a worst given later).
+
+        Raises:
+            ValueError: fewer than two completions, an index out of range, or the same one as best and worst.
+        """
+        if len(completions) < 2:
+            raise ValueError(f"a best-of-K answer chooses among 2 or more completions, got {len(completions)}")
+        self._check_choice(len(completions), best, worst)
+        return self._insert(
+            "INSERT INTO choices (session_id, prompt, completions, best, worst, at) VALUES (?, ?, ?, ?, ?, ?)",
+            (session_id, prompt, json.dumps(list(completions), ensure_ascii=False), int(best),
+             None if worst is None else int(worst), time.time()),
+        )
+
+    def set_choice_worst(self, choice_id: int, worst: int) -> None:
+        """Commit the worst of a best-of-K answer stored already (the person names it after the best)."""
+        with self._transaction():
+            row = self._db.execute("SELECT completions, best FROM choices WHERE id = ?", (choice_id,)).fetchone()
+            if row is None:
+                raise ValueError(f"no best-of-K answer with id {choice_id}")
+            self._check_choice(len(json.loads(row[0])), row[1], worst)
+            self._db.execute("UPDATE choices SET worst = ? WHERE id = ?", (int(worst), choice_id))
+
+    @staticmethod
+    def _check_choice(k: int, best: int, worst: int | None) -> None:
+        for name, index in (("best", best), ("worst", worst)):
+            if index is not None and not (isinstance(index, numbers.Integral) and 0 <= index < k):
+                raise ValueError(f"{name} is the index of one of the {k} completions (0 to {k - 1}), got {index!r}")
+        if worst == best:
+            raise ValueError(f"the worst completion cannot be the best one too (both {best})")
+
     # ------------------------------------------------------------------ reading
 
     def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
@@ -343,16 +399,25 @@ class FeedbackStore:
         """Every A/B answer, oldest first."""
         return self._rows("SELECT * FROM comparisons ORDER BY id")
 
+    def choices(self) -> list[dict[str, Any]]:
+        """Every best-of-K answer (``completions`` decoded to a list), oldest first."""
+        rows = self._rows("SELECT * FROM choices ORDER BY id")
+        for r in rows:
+            r["completions"] = json.loads(r["completions"])
+        return rows
+
     def preference_pairs(
         self, *, include_ratings: bool = True, include_tokens: bool = True, token_margin: float = 0.5
     ) -> list[dict[str, Any]]:
         """The preferences the answers imply, as ``{"prompt", "chosen", "rejected"}`` dicts.
 
-        A/B answers give one pair each (ties and skips give none). With
-        ``include_ratings``, two rated completions of the same prompt with different
-        ratings give a pair too, with ``margin`` = the rating difference over the scale.
-        With ``include_tokens``, so do two completions of the same prompt whose summed
-        credited keypress rewards differ by at least ``token_margin`` (half a press by default).
+        A/B answers give one pair each (ties and skips give none). A best-of-K answer gives
+        K−1 pairs (the best over each other one), and K−2 more when a worst was given (each
+        of the others over the worst): see :func:`choice_pairs`. With ``include_ratings``,
+        two rated completions of the same prompt with different ratings give a pair too, with
+        ``margin`` = the rating difference over the scale. With ``include_tokens``, so do two
+        completions of the same prompt whose summed credited keypress rewards differ by at
+        least ``token_margin`` (half a press by default).
         """
         pairs = []
         for c in self.comparisons():
@@ -362,6 +427,8 @@ class FeedbackStore:
                     else (c["completion_b"], c["completion_a"])
                 )
                 pairs.append({"prompt": c["prompt"], "chosen": chosen, "rejected": rejected})
+        for c in self.choices():
+            pairs.extend(choice_pairs(c["prompt"], c["completions"], c["best"], c["worst"]))
         if include_ratings:
             by_prompt: dict[str, list[dict[str, Any]]] = {}
             for r in self.ratings():
@@ -394,6 +461,43 @@ class FeedbackStore:
                         pairs.append({"prompt": prompt, "chosen": hi["completion"], "rejected": lo["completion"],
                                       "margin": abs(gap)})
         return pairs
+
+    def why_no_pairs(self, *, include_ratings: bool = True, include_tokens: bool = True,
+                     token_margin: float = 0.5) -> str:
+        """Why :meth:`preference_pairs` (with the same arguments) gives none, in one line for the person.
+
+        Names what the store holds that could give pairs and what each kind needs, e.g.
+        ``"12 ratings over 12 prompts: pairs come from two completions of one prompt rated differently"``.
+        """
+        def one(sql: str) -> dict[str, Any]:
+            return self._rows(sql)[0]
+
+        reasons = []
+        ab = one("SELECT COUNT(*) AS n FROM comparisons")["n"]
+        if ab:
+            reasons.append(f"{ab} A/B answer{_s(ab)}, all ties or skips")
+        best = one("SELECT COUNT(*) AS n FROM choices")["n"]
+        if best:
+            reasons.append(f"{best} best-of-K answer{_s(best)}, each among identical completions")
+        rated = one("SELECT COUNT(*) AS n, COUNT(DISTINCT e.prompt) AS prompts FROM ratings r "
+                    "JOIN episodes e ON e.id = r.episode_id")
+        if rated["n"] and not include_ratings:
+            reasons.append(f"{rated['n']} rating{_s(rated['n'])} left out (--no-ratings)")
+        elif rated["n"]:
+            reasons.append(f"{rated['n']} rating{_s(rated['n'])} over {rated['prompts']} "
+                           f"prompt{_s(rated['prompts'])}: pairs come from two completions of one prompt "
+                           "rated differently")
+        credited = one("SELECT COUNT(DISTINCT t.episode_id) AS n, COUNT(DISTINCT e.prompt) AS prompts "
+                       "FROM token_rewards t JOIN episodes e ON e.id = t.episode_id")
+        if credited["n"] and not include_tokens:
+            reasons.append(f"{credited['n']} completion{_s(credited['n'])} credited from keypresses left out "
+                           "(--no-tokens)")
+        elif credited["n"]:
+            reasons.append(f"{credited['n']} completion{_s(credited['n'])} credited from keypresses over "
+                           f"{credited['prompts']} prompt{_s(credited['prompts'])}: pairs come from two completions "
+                           f"of one prompt whose credited rewards differ by at least {token_margin:g} press"
+                           f"{'es' if token_margin > 1 else ''}")
+        return "; ".join(reasons) or "the store holds no ratings, A/B or best-of-K answers, or credited keypresses"
 
     def export_preferences(self, path: str | Path, *, include_ratings: bool = True, include_tokens: bool = True) -> int:
         """Write :meth:`preference_pairs` as JSONL (the format TRL and ``datasets`` read).
@@ -431,6 +535,7 @@ class FeedbackStore:
             "SELECT COUNT(*) AS n, COALESCE(SUM(COALESCE(ended_at, started_at) - started_at), 0) AS seconds "
             "FROM sessions"
         )
+        choices = one("SELECT COUNT(*) AS n, COALESCE(SUM(worst IS NOT NULL), 0) AS worst FROM choices")
         shown = one("SELECT COUNT(*) AS n FROM episodes")
         credited = one("SELECT COUNT(DISTINCT episode_id) AS n, AVG(reward) AS mean FROM token_rewards")
         return {
@@ -449,6 +554,8 @@ class FeedbackStore:
             "comparisons_b": comparisons["b"],
             "comparisons_tie": comparisons["tie"],
             "comparisons_skip": comparisons["skip"],
+            "choices": choices["n"],
+            "choices_with_worst": choices["worst"],
             "preference_pairs": len(self.preference_pairs()),
         }
 
@@ -466,6 +573,29 @@ class FeedbackStore:
         self.close()
 
 
+def _s(n: int) -> str:
+    """The plural ending for ``n`` things."""
+    return "" if n == 1 else "s"
+
+
+def choice_pairs(prompt: str, completions: Sequence[str], best: int, worst: int | None) -> list[dict[str, str]]:
+    """The preference pairs one best-of-K answer implies.
+
+    The best is preferred to each of the K−1 others; with a worst, each of the K−2 others
+    that are neither best nor worst is preferred to it (2K−3 pairs in all). A pair of two
+    identical texts says nothing and is left out.
+
+    Example:
+        >>> [(p["chosen"], p["rejected"]) for p in choice_pairs("p", ["x", "y", "z"], best=1, worst=2)]
+        [('y', 'x'), ('y', 'z'), ('x', 'z')]
+    """
+    ordered = [(completions[best], other) for k, other in enumerate(completions) if k != best]
+    if worst is not None:
+        ordered += [(other, completions[worst]) for k, other in enumerate(completions) if k not in (best, worst)]
+    return [{"prompt": prompt, "chosen": chosen, "rejected": rejected} for chosen, rejected in ordered
+            if chosen != rejected]
+
+
 def check_store_path(path: str | Path) -> None:
     """Refuse a directory given as the store, in one line (``--db runs/``, ``human(db=runs)``).
 
@@ -481,8 +611,9 @@ def inspect_database(path: str | Path) -> str:
 
     ``"new"``: no file, an empty file, or a SQLite database with nothing in it (ours to
     initialise). ``"store"``: a database marked with :data:`APPLICATION_ID`. ``"legacy"``: a
-    store written before the mark existed (exactly our tables and columns, ``user_version``
-    at most :data:`SCHEMA_VERSION`), which :class:`FeedbackStore` marks when it opens it.
+    store written before the mark existed (exactly the tables and columns of schema version 1,
+    ``user_version`` at most 1), which :class:`FeedbackStore` marks (and gives the later tables)
+    when it opens it.
 
     Raises:
         FeedbackStoreError: anything else (one line naming the file and what was expected).
@@ -519,7 +650,7 @@ def inspect_database(path: str | Path) -> str:
         return "store"
     if app_id == 0 and not objects and version == 0:
         return "new"
-    if app_id == 0 and columns == dict(_COLUMNS) and len(objects) == len(tables) and version <= SCHEMA_VERSION:
+    if app_id == 0 and columns == dict(_LEGACY_COLUMNS) and len(objects) == len(tables) and version <= 1:
         return "legacy"
     held = f"its application_id is {app_id:#x}" if app_id else "tables: " + (", ".join(sorted(tables)) or "none")
     raise FeedbackStoreError(f"{path}: another program's SQLite database ({held}); {expected}; left untouched")
