@@ -333,7 +333,7 @@ def test_comparing_asks_where_a_real_reward_model_ensemble_disagrees(tmp_path):
         with SimulatedHuman(master_fd=master, judge=False) as person:
             for asked, answer in [(1, "a"), (2, "b")]:
                 # once each question is on screen: a key typed earlier answers nothing
-                _wait_for(lambda asked=asked: "".join(person.screen).count("right is better") >= asked,
+                _wait_for(lambda asked=asked: "".join(person.screen).count("b: B is better") >= asked,
                           what="a question", child=child)
                 person.type(answer)
             assert wait_for_exit(child, progress=[lambda: len(person.screen)]) == 0, \
@@ -368,3 +368,135 @@ def test_no_progress_bar_of_transformers_prints_into_a_live_session(tmp_path, ca
     capfd.readouterr()
     model.save_pretrained(tmp_path / "after")  # the session is over: the bars are back
     assert "Writing model shards" in capfd.readouterr().err
+
+
+def _saved_tiny_model(folder) -> str:
+    """The tiny model saved to a folder: loading it from there shows transformers' "Loading weights" bar."""
+    from textenv.models import load_tokenizer
+
+    load_causal_lm(TINY_MODEL).save_pretrained(folder)
+    load_tokenizer(TINY_MODEL).save_pretrained(folder)
+    return str(folder)
+
+
+def test_best_of_k_stores_each_answer_before_the_next_question_and_exports_2k_minus_3_pairs(tmp_path):
+    db, model = str(tmp_path / "feedback.db"), _saved_tiny_model(tmp_path / "model")
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr.txt", "w") as log:
+        child = _spawn(["feedback", "label", "--mode", "best", "--db", db, "--model", model, "--prompts",
+                        "movie-reviews", "--num-prompts", "2", "--candidates", "4", "--rounds", "1",
+                        "--max-new-tokens", "8", "--temperature", "1.5"], slave, log)
+    os.close(slave)
+    screen = lambda: "".join(person.screen)  # noqa: E731
+    try:
+        with SimulatedHuman(master_fd=master, judge=False) as person:
+            _wait_for(lambda: "best 1-4 · s skip · q quit · ? help" in screen(), what="the first question", child=child)
+            person.type("?")
+            _wait_for(lambda: screen().count("best 1-4 · s skip") >= 2, what="the help", child=child)
+            person.type("2")
+            _wait_for(lambda: "worst 1-4, not 2 · Enter or s: no worst" in screen(), what="the worst", child=child)
+            assert _count(db, "choices") == 1  # the best is kept before the worst is asked
+            person.type("2")  # the best again: a hint, no label
+            _wait_for(lambda: "2 is the best; the worst is another one" in screen(), what="the hint", child=child)
+            person.type("4")
+            _wait_for(lambda: "[2/2]" in screen(), what="the second question", child=child)
+            with FeedbackStore(db) as store:  # the worst is in before the next question is on screen
+                assert [(c["best"], c["worst"]) for c in store.choices()] == [(1, 3)]
+            person.type("1")
+            _wait_for(lambda: screen().count("worst 1-4, not 1") == 1, what="the second worst", child=child)
+            person.type("\r")  # Enter: no worst
+            assert wait_for_exit(child, progress=[lambda: len(person.screen)]) == 0, \
+                (tmp_path / "stderr.txt").read_text()[-2000:]
+    finally:
+        child.kill()
+        os.close(master)
+    with FeedbackStore(db) as store:
+        first, second = store.choices()
+        assert (second["best"], second["worst"]) == (0, None)
+        assert len(first["completions"]) == len(second["completions"]) == 4  # distinct completions, one prompt each
+        assert store.stats()["choices"] == 2 and store.stats()["choices_with_worst"] == 1
+    assert "no worst" in screen()
+    assert "the store gives 8 preference pairs" in screen()  # 2K-3 = 5 with the worst, K-1 = 3 without
+    out = tmp_path / "prefs.jsonl"
+    from textenv import cli
+
+    assert cli.main(["feedback", "export", "--db", db, "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 8
+    assert all(r["chosen"] == first["completions"][1] for r in rows[:3])
+    assert [r["rejected"] for r in rows[3:5]] == [first["completions"][3]] * 2
+    # transformers' "Loading weights" bar stays off the questions' screen (and off stderr, the same terminal)
+    assert "Loading weights" not in screen() + (tmp_path / "stderr.txt").read_text()
+
+
+def test_a_short_rating_session_on_many_prompts_exports_pairs(tmp_path):
+    """Several completions of each prompt, one after another: ratings of one prompt's completions make pairs."""
+    db = str(tmp_path / "feedback.db")
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr.txt", "w") as log:
+        child = _spawn(["feedback", "label", "--mode", "rate", "--db", db, "--model", TINY_MODEL, "--prompts",
+                        "movie-reviews", "--num-prompts", "2", "--candidates", "2", "--rounds", "1",
+                        "--max-new-tokens", "8"], slave, log)
+    os.close(slave)
+    try:
+        with SimulatedHuman(master_fd=master, judge=False) as person:
+            for asked, answer in enumerate("5142", start=1):
+                _wait_for(lambda asked=asked: "".join(person.screen).count("rate 1-5") >= asked, what="a question",
+                          child=child)
+                person.type(answer)
+            assert wait_for_exit(child, progress=[lambda: len(person.screen)]) == 0, \
+                (tmp_path / "stderr.txt").read_text()[-2000:]
+    finally:
+        child.kill()
+        os.close(master)
+    with FeedbackStore(db) as store:
+        rated = store.ratings()
+    assert [r["rating"] for r in rated] == [5.0, 1.0, 4.0, 2.0]
+    assert rated[0]["prompt"] == rated[1]["prompt"] and rated[2]["prompt"] == rated[3]["prompt"]
+    out = tmp_path / "prefs.jsonl"
+    from textenv import cli
+
+    assert cli.main(["feedback", "export", "--db", db, "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) >= 2
+    assert {(r["chosen"], r["rejected"]) for r in rows} >= {(rated[0]["completion"], rated[1]["completion"]),
+                                                            (rated[2]["completion"], rated[3]["completion"])}
+    assert f"the store gives {len(rows)} preference pairs" in "".join(person.screen)
+
+
+def test_a_session_whose_labels_give_no_pair_says_why(tmp_path):
+    db = str(tmp_path / "feedback.db")
+    master, slave = pty.openpty()
+    with open(tmp_path / "stderr.txt", "w") as log:
+        child = _spawn(["feedback", "label", "--mode", "rate", "--db", db, "--model", TINY_MODEL, "--prompts",
+                        "movie-reviews", "--num-prompts", "1", "--candidates", "2", "--rounds", "1",
+                        "--max-new-tokens", "8"], slave, log)
+    os.close(slave)
+    try:
+        with SimulatedHuman(master_fd=master, judge=False) as person:
+            for asked in (1, 2):  # the same rating for both completions: no preference between them
+                _wait_for(lambda asked=asked: "".join(person.screen).count("rate 1-5") >= asked, what="a question",
+                          child=child)
+                person.type("3")
+            assert wait_for_exit(child, progress=[lambda: len(person.screen)]) == 0, \
+                (tmp_path / "stderr.txt").read_text()[-2000:]
+    finally:
+        child.kill()
+        os.close(master)
+    assert ("no preference pairs yet: 2 ratings over 1 prompt: pairs come from two completions of one prompt rated "
+            "differently") in "".join(person.screen)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--mode", "best", "--candidates", "12"], "--mode best numbers the completions 1 to 9 (one key each): "
+                                               "--candidates must be at most 9, got 12"),
+    (["--mode", "compare", "--candidates", "1"], "--mode compare chooses among completions of one prompt: "
+                                                 "--candidates must be at least 2, got 1"),
+    (["--candidates", "0"], "--candidates is the completions per prompt, at least 1, got 0"),
+])
+def test_label_options_that_cannot_work_are_refused_in_one_line(tmp_path, capsys, argv, message):
+    from textenv import cli
+
+    assert cli.main(["feedback", "label", "--db", str(tmp_path / "f.db"), *argv]) == 2
+    assert capsys.readouterr().err == f"textenv: error: {message}\n"
+    assert not (tmp_path / "f.db").exists()

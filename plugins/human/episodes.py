@@ -1,4 +1,4 @@
-"""Episode-level feedback: rate a whole completion, or compare two (A/B).
+"""Episode-level feedback: rate a whole completion, compare two (A/B), or pick the best (and worst) of K.
 
 The A/B pairs are chosen where a reward-model ensemble disagrees most (Christiano
 et al.): for completions i and j of the same prompt with ensemble means μ and
@@ -9,13 +9,18 @@ single model (σ = 0 everywhere) falls back to the closest means: the pair whose
 preference it is least sure of. Each answer is committed before the next question, and
 only keys typed while the question is on screen answer it (earlier ones are dropped, and
 the person is told).
+
+A best-of-K question (Ziegler et al.'s 4-way choice) shows K completions of one prompt,
+numbered one under another; the person presses the best one's number, then, optionally,
+the worst one's. One answer gives K−1 preference pairs, 2K−3 with a worst, for about the
+reading time of K ratings.
 """
 
 from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TextIO
 
 import numpy as np
@@ -26,7 +31,13 @@ from textenv.plugins.human.terminal import KeyReader
 from textenv.prompts import shortened
 
 RATE_HELP = "rate {lo}-{hi} · s skip · q quit · ? help"
-COMPARE_HELP = "a or ← left is better · b or → right is better · t tie · s skip · q quit · ? help"
+COMPARE_HELP = "a: A is better · b: B is better · t tie · s skip · q quit · ? help"
+BEST_HELP = "best {lo}-{hi} · s skip · q quit · ? help"
+WORST_HELP = "worst {lo}-{hi}, not {best} · Enter or s: no worst · q quit · ? help"
+_COMPARE_KEYS = {"a": "a", "b": "b", "t": "tie", "s": "skip",
+                 "up": "a", "down": "b",  # A is shown above B
+                 "left": "a", "right": "b"}  # the keys of an earlier side-by-side wording
+"""Each key the A/B question takes, and the answer it gives."""
 _BOLD, _DIM, _RESET = "\x1b[1m", "\x1b[2m", "\x1b[0m"
 
 
@@ -70,8 +81,9 @@ def select_pairs(
     return pairs
 
 
-def _next_key(reader: KeyReader, allowed: set[str], out: TextIO, help_line: str, *, asked_at: float) -> str:
-    """Wait for one of ``allowed`` (or q); other keys get a hint, ? and h show the help.
+def _next_key(reader: KeyReader, allowed: set[str], out: TextIO, help_line: str, *, asked_at: float,
+              hints: Mapping[str, str] | None = None) -> str:
+    """Wait for one of ``allowed`` (or q); other keys get a hint (``hints``' own, if it has one), ? and h the help.
 
     Keys read before ``asked_at``, the moment the question was on screen, answer nothing: they
     were typed at an earlier question, or while the model was still generating, about a
@@ -100,6 +112,8 @@ def _next_key(reader: KeyReader, allowed: set[str], out: TextIO, help_line: str,
             return key.name
         if key.name in ("?", "h"):
             out.write(f"  ({help_line})\n")
+        elif hints and key.name in hints:
+            out.write(f"  ({hints[key.name]})\n")
         else:
             out.write(f"  (key {key.name!r} does nothing here; press ? for help)\n")
         out.flush()
@@ -158,14 +172,15 @@ def compare_completions(
 ) -> tuple[int, bool]:
     """Ask which of two completions is better, for each pair; each answer is committed at once.
 
-    Each pair is shown in a random left/right order (no position bias in the data).
+    Each pair is shown in a random order, A above B (no position bias in the data). Besides a and b,
+    ↑ and ↓ (and ← and →) answer A and B.
 
     Returns:
         (answers given, not counting skips; whether the person quit).
     """
     out = out or reader.output()
     rng = rng or np.random.default_rng()
-    allowed = {"a", "b", "left", "right", "t", "s"}
+    allowed = set(_COMPARE_KEYS)
     given = 0
     for n, (i, j, disagreement) in enumerate(pairs):
         if rng.random() < 0.5:
@@ -179,10 +194,80 @@ def compare_completions(
         if answer in ("q", "hangup"):
             out.write("quit\n")
             return given, True
-        choice = {"a": "a", "left": "a", "b": "b", "right": "b", "t": "tie", "s": "skip"}[answer]
+        choice = _COMPARE_KEYS[answer]
         store.add_comparison(session_id, prompts[i], completions[i], completions[j], choice,
                              disagreement=disagreement if np.isfinite(disagreement) else None)
         given += choice != "skip"
         out.write(f"{choice}\n")
         out.flush()
     return given, False
+
+
+def best_of_completions(
+    store: FeedbackStore,
+    session_id: int,
+    reader: KeyReader,
+    questions: Sequence[tuple[str, Sequence[str]]],
+    *,
+    out: TextIO | None = None,
+) -> tuple[int, bool]:
+    """Ask for the best (and, optionally, the worst) of K completions of a prompt, question by question.
+
+    The best is committed the moment its key is read, before the worst is asked; the worst,
+    when given, is committed the moment its key is read, before the next question: a person
+    who stops (q, Ctrl-C, ``kill -9``) after naming the best keeps it.
+
+    Args:
+        store: where the answers go.
+        session_id: the session they belong to.
+        reader: the terminal's keys.
+        questions: per question, the prompt and its K (2 to 9) completions, shown in this order as 1..K.
+        out: where the questions are written (the reader's terminal by default).
+
+    Returns:
+        (questions answered, not counting skips; whether the person quit).
+    """
+    out = out or reader.output()
+    given = 0
+    for n, (prompt, completions) in enumerate(questions):
+        k = len(completions)
+        if not 2 <= k <= 9:
+            raise ValueError(f"a best-of-K question shows 2 to 9 completions (one key each), got {k}")
+        asked_at = time.time()  # before the write: a key read once the question is out is never dropped
+        shown = "".join(f"  {_BOLD}{i + 1}{_RESET} {printable(c)}\n" for i, c in enumerate(completions))
+        best_help = BEST_HELP.format(lo=1, hi=k)
+        out.write(f"\n{_DIM}[{n + 1}/{len(questions)}] {printable(shortened(prompt))}{_RESET}\n{shown}  {best_help}: ")
+        out.flush()
+        answer = _next_key(reader, {str(i) for i in range(1, k + 1)} | {"s"}, out, best_help, asked_at=asked_at)
+        if answer in ("q", "hangup"):
+            out.write("quit\n")
+            return given, True
+        out.write(f"{answer}\n")
+        out.flush()
+        if answer == "s":
+            continue
+        choice = store.add_choice(session_id, prompt, completions, int(answer) - 1)
+        given += 1
+        # keys still queued came after the best's key: they answer the worst, so the best's asked_at holds
+        if k >= 3 and _ask_worst(store, choice, reader, k, int(answer), out, asked_at=asked_at):
+            return given, True
+    return given, False
+
+
+def _ask_worst(store: FeedbackStore, choice: int, reader: KeyReader, k: int, best: int, out: TextIO, *,
+               asked_at: float) -> bool:
+    """Ask for the worst of K (numbered 1..k, ``best`` taken) and commit it; returns whether the person quit."""
+    worst_help = WORST_HELP.format(lo=1, hi=k, best=best)
+    out.write(f"  {worst_help}: ")
+    out.flush()
+    allowed = {str(i) for i in range(1, k + 1) if i != best} | {"s", "enter"}
+    hints = {str(best): f"{best} is the best; the worst is another one, or Enter for none"}
+    answer = _next_key(reader, allowed, out, worst_help, asked_at=asked_at, hints=hints)
+    if answer in ("q", "hangup"):
+        out.write("quit\n")
+        return True
+    if answer.isdigit():
+        store.set_choice_worst(choice, int(answer) - 1)
+    out.write(f"{answer if answer.isdigit() else 'no worst'}\n")
+    out.flush()
+    return False
