@@ -41,7 +41,7 @@ def run_labelling(args: argparse.Namespace) -> int:
             labels = _label_rounds(args, session)
     finally:
         _close_session(args, session)
-    print(f"\n{labels} labels in {args.db} (all committed as given); {_pairs_note(args.db)}")
+    print(f"\n{labels} label{'s' if labels != 1 else ''} in {args.db} (all committed as given); {_pairs_note(args.db)}")
     return 0
 
 
