@@ -246,8 +246,17 @@ def test_a_source_with_a_timeout_still_sees_the_grad_mode_and_returns_its_values
         raising(**CONTEXT)
 
 
+@pytest.fixture
+def ctrl_c_raises():
+    """Python's own SIGINT handler for the test: a shell starts a background job (``cmd &``) with SIGINT ignored,
+    and Python then keeps it ignored, so a Ctrl-C the test sends itself would be lost."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("spec", ["broken", "broken(timeout=60)"], ids=["no timeout", "timeout"])
-def test_ctrl_c_interrupts_a_reward_call_and_names_the_source(pm, hang, spec):
+def test_ctrl_c_interrupts_a_reward_call_and_names_the_source(pm, hang, ctrl_c_raises, spec):
     pipeline = _pipeline(pm, hang, spec)
     # At the main thread: a process-wide os.kill may be taken by another thread, and the source's wait in the main
     # thread then runs on to its end (the test once waited the 60 s).
