@@ -13,6 +13,11 @@ completion's display times are committed again when it leaves the screen, and th
 credit at the end of the batch. A ``kill -9`` mid-batch thus keeps every press creditable,
 and credited: the batch's preference pairs export as if it had ended at the last press.
 
+Display (:class:`Screen`): lines break between words at the terminal's width, not where the terminal
+runs out of columns, and nothing else is written inside a line of the stream. A hint (a strength, an
+unknown key) waits for the end of the completion; what the person asked to see at once (``?``, the
+pause) comes on a line of its own, in place of the line being streamed, which is written again below it.
+
 Keys (shown on screen at the start and with ``?``):
 
 ====================  ==========================================
@@ -27,8 +32,13 @@ Keys (shown on screen at the start and with ``?``):
 
 from __future__ import annotations
 
+import os
+import re
+import sys
+import textwrap
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -50,6 +60,150 @@ GOOD_MARK, BAD_MARK = "▲", "▼"
 """Shown in the stream where a good or bad press was received: the person sees each press counted."""
 
 _DIM, _RESET, _GREEN, _RED = "\x1b[2m", "\x1b[0m", "\x1b[32m", "\x1b[31m"
+_ERASE_LINE = "\r\x1b[K"  # back to the start of the line, and clear it
+_RUNS = re.compile(r"\n|[^\S\n]+|\S+")  # a line break, a run of other blanks, or a run of word characters
+_WORD = re.compile(r"\S*")
+
+
+def cells(text: str) -> int:
+    """The terminal columns ``text`` takes: wide (East Asian) characters two, combining and format characters none.
+
+    Example:
+        >>> cells("good"), cells("映画"), cells("e\u0301")
+        (4, 4, 1)
+    """
+    return len(text) if text.isascii() else sum(_cells_of(ch) for ch in text)
+
+
+def _cells_of(ch: str) -> int:
+    if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+
+
+class Screen:
+    """The lines of a stream on a terminal: broken between words at its width, and never split by a message.
+
+    The terminal's own wrapping cuts a word where the columns run out, and a note written where the stream
+    is splits the line being read. Here a line ends before the last column, at a blank where the next word
+    would not fit (a word wider than a line is cut where the line ends); :meth:`text` is given the rest of
+    the word a piece ends in, so a word streamed token by token is placed whole. :meth:`paragraph` puts a
+    note on lines of its own: between lines, or, in the middle of one, in its place, that line (kept as
+    written) being written again below it.
+
+    Args:
+        out: the terminal's stream.
+        width: the terminal's width in columns, asked at each write (the person may resize it); 0 if unknown
+            (a program reads the display, not a person): lines are then not broken.
+    """
+
+    def __init__(self, out: TextIO, width: Callable[[], int]):
+        self.out, self._width = out, width
+        self.line: list[str] = []
+        """The current line as written, colours included (each piece sets and resets its own)."""
+        self.column = 0
+        self._in_word = False  # the last thing written was part of a word (a piece may end mid-word)
+
+    @property
+    def limit(self) -> int:
+        """The columns a line may fill: all but the last, so that the terminal never wraps a line itself."""
+        width = self._width()
+        return max(width, 20) - 1 if width > 0 else sys.maxsize
+
+    def text(self, text: str, *, ahead: str = "", style: str = "") -> None:
+        """Write ``text``, breaking lines between words.
+
+        Args:
+            text: what to write; a newline ends a line.
+            ahead: the characters that will follow it up to the next blank (the rest of the word it ends in,
+                or the word after its last blank), so that the word is placed as a whole.
+            style: an escape sequence for the text's colour (reset after it).
+        """
+        limit, lines = self.limit, [""]  # what goes on the current line, then on each line begun here
+
+        def word_at(pos: int) -> str:
+            word = _WORD.match(text, pos).group()
+            return word + ahead if pos + len(word) == len(text) else word
+
+        def put(piece: str) -> None:
+            lines[-1] += piece
+            self.column += cells(piece)
+
+        def newline() -> None:
+            lines.append("")
+            self.column, self._in_word = 0, False
+
+        for run in _RUNS.finditer(text):
+            piece = run.group()
+            if piece == "\n":
+                newline()
+            elif piece.isspace() and self.column:
+                if self.column + cells(piece) + cells(word_at(run.end())) > limit:
+                    newline()  # the break stands for the blanks
+                else:
+                    put(piece)
+            else:
+                starts = self.column and not self._in_word and not piece.isspace()  # after a symbol, not a blank
+                if starts and self.column + cells(word_at(run.start())) > limit:
+                    newline()
+                if self.column + cells(piece) > limit:  # longer than what is left of a line: cut it
+                    for ch in piece:
+                        if self.column + _cells_of(ch) > limit:
+                            newline()
+                        put(ch)
+                else:
+                    put(piece)
+                self._in_word = not piece.isspace()
+        rendered = [f"{style}{line}{_RESET}" if style and line else line for line in lines]
+        if len(lines) > 1:
+            self.line = []
+        if rendered[-1]:
+            self.line.append(rendered[-1])
+        self._write("\n".join(rendered))
+
+    def symbol(self, rendered: str, width: int = 1) -> None:
+        """Write a symbol that is no part of a word (``▸``, the press marks), on the next line if the line is full.
+
+        Args:
+            rendered: the symbol, colours included.
+            width: the columns it takes.
+        """
+        if self.column and self.column + width > self.limit:
+            self.end_line()
+        self.line.append(rendered)
+        self.column += width
+        self._write(rendered)
+
+    def paragraph(self, text: str, *, indent: str = "", hang: str = "", style: str = "") -> None:
+        """Write ``text`` on lines of its own, broken between words; in the middle of a line, in its place.
+
+        Args:
+            text: one paragraph.
+            indent: the first line's indent.
+            hang: the other lines' indent.
+            style: its colour.
+        """
+        lines = textwrap.wrap(text, width=self.limit, initial_indent=indent, subsequent_indent=hang) or [indent]
+        block = "".join(f"{style}{line}{_RESET if style else ''}\n" for line in lines)
+        if self.column:  # the line being streamed, erased and written again below: it is never split
+            self._write(f"{_ERASE_LINE}{block}{''.join(self.line)}")
+        else:
+            self._write(block)
+
+    def end_line(self) -> None:
+        """End the current line, if anything is on it."""
+        if self.column or self.line:
+            self.line, self.column, self._in_word = [], 0, False
+            self._write("\n")
+
+    def blank_line(self) -> None:
+        """End the current line and leave an empty one."""
+        self.end_line()
+        self._write("\n")
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,6 +327,7 @@ class TokenFeedback:
         self.reader = reader
         reader.on_key = self.on_key
         self.out = out or reader.output()
+        self.screen = Screen(self.out, self._terminal_width)
         self.strength_level = DEFAULT_STRENGTH
         self.paused = threading.Event()
         self.quit = threading.Event()
@@ -274,18 +429,34 @@ class TokenFeedback:
     # ---------------------------------------------------------- display side
 
     def write(self, text: str) -> None:
-        self.out.write(text)
-        self.out.flush()
+        """Write text to the display, its lines broken between words (see :class:`Screen`)."""
+        self.screen.text(text)
+
+    def _terminal_width(self) -> int:
+        """The width of the person's terminal: the display's, else the keyboard's (the display may be a pipe
+        to ``tee``), else ``$COLUMNS``; 0 if none is known (a pseudo-terminal nobody sized: a program's)."""
+        for stream in (self.out, self.reader):
+            try:
+                fd = stream.fileno() if hasattr(stream, "fileno") else stream.fd
+                columns = os.get_terminal_size(fd).columns
+            except (AttributeError, OSError, ValueError):
+                continue
+            if columns > 0:  # (a new pseudo-terminal says 0 until someone sets its size)
+                return columns
+        columns = os.environ.get("COLUMNS", "")
+        return int(columns) if columns.isdigit() else 0
 
     def _flush_messages(self) -> None:
         with self._lock:
             marks, self._marks = self._marks, []
             messages = [m for m, now in self._messages if now or not self._mid_completion]
             self._messages = [(m, now) for m, now in self._messages if not (now or not self._mid_completion)]
-        if marks:  # inline, where the stream is: the person sees the press was taken, and about when
-            self.write("".join(f"{_GREEN if m == GOOD_MARK else _RED}{m}{_RESET}" for m in marks))
+        for mark in marks:  # inline, where the stream is: the person sees the press was taken, and about when
+            self.screen.symbol(f"{_GREEN if mark == GOOD_MARK else _RED}{mark}{_RESET}")
+        if messages and not self._mid_completion:
+            self.screen.end_line()  # a completion's line ends before its hints
         for message in messages:
-            self.write(f"\n  ({message})\n")
+            self.screen.paragraph(f"({message})", indent="  ", hang="   ")
 
     def wait(self, until: float, idle: Callable[[], None] | None = None) -> float:
         """Sleep until wall time ``until`` (later by any pause); returns how long a pause added."""
@@ -342,7 +513,9 @@ class TokenFeedback:
         with self._batch_lock:
             self._batch = batch
         if title:
-            self.write(f"\n{title}\n{_DIM}{HELP}{_RESET}\n")
+            self.screen.blank_line()
+            self.screen.paragraph(title)
+            self.screen.paragraph(HELP, style=_DIM)
         try:
             for i in range(n):
                 if self.quit.is_set():
@@ -353,8 +526,12 @@ class TokenFeedback:
                 with self._batch_lock:
                     shown_at = batch.add(episode_ids[i], len(completion_ids[i]))
                 self.current_episode = episode_ids[i]
-                self.write(f"\n{_DIM}[{i + 1}/{n}] {printable(shortened(prompts[i]))}{_RESET} {COMPLETION_START}")
+                self.screen.blank_line()
+                self.screen.text(f"[{i + 1}/{n}] {printable(shortened(prompts[i]))}", style=_DIM)
+                self.screen.text(" ")
+                self.screen.symbol(COMPLETION_START)
                 self._mid_completion = True
+                shown_text, end = printable("".join(tokens[i])), 0  # to place each word whole (ahead= below)
                 step = 1.0 / cfg.pace
                 next_time = time.time() + step
                 for piece in tokens[i]:
@@ -362,11 +539,13 @@ class TokenFeedback:
                     if self.quit.is_set():
                         break
                     shown_at.append(time.time())  # a list append: safe while the reader thread copies it
-                    self.write(printable(piece))
+                    end += len(piece)  # (printable() maps each character to one)
+                    self.screen.text(printable(piece), ahead=_WORD.match(shown_text, end).group())
                     next_time = max(next_time, time.time()) + step  # behind schedule: no burst to catch up
-                self.write(f"{COMPLETION_END}\n")
+                self.screen.symbol(COMPLETION_END)
                 self._mid_completion = False
-                self.wait(time.time() + (cfg.linger if i == n - 1 else cfg.gap), idle)
+                self.wait(time.time() + (cfg.linger if i == n - 1 else cfg.gap), idle)  # (late presses: marks after ◂)
+                self.screen.end_line()
                 with self._batch_lock:
                     batch.ends[i] = time.time()
                     if shown_at:  # durable at once, presses or not
@@ -388,7 +567,7 @@ class TokenFeedback:
         result = StreamResult(shown, rewards, masses, presses, episode_ids, attentive)
         self._flush_messages()  # the marks of presses in the last moments
         note = summary_note(result) if summary_note is not None else ""
-        self.write(f"{_DIM}  {batch_summary(result)}{note}{_RESET}\n")
+        self.screen.paragraph(f"{batch_summary(result)}{note}", indent="  ", hang="  ", style=_DIM)
         return result
 
 
