@@ -45,12 +45,7 @@ from textenv.agents.ppo_math import (
 )
 from textenv.agents.processes import Processes
 from textenv.agents.run_log import RunLog, plot_reward_curve
-from textenv.devices import (
-    autocast,
-    keep_freed_cpu_memory,
-    resolve_device,
-    use_bf16,
-)
+from textenv.devices import autocast, keep_freed_cpu_memory, resolve_device, use_bf16
 from textenv.envs.task import TextTask
 from textenv.envs.text_gen_vector import TextGenVectorEnv
 from textenv.generation import Episodes, SamplingConfig, generate_episodes, position_ids
@@ -188,6 +183,8 @@ class PPO:
         self.resume_hint: str | None = None
         """What the Ctrl-C message tells the user to run to continue (``textenv train`` names its command);
         None: ``PPO.load(<the checkpoint>)``."""
+        self.stopped_by: str | None = None
+        """Who stopped the last :meth:`learn` early, when not a Ctrl-C (``"you pressed q"``, the human source's)."""
         self.last_checkpoint: tuple[Path, int, bool] | None = None  # its path, iteration, whether with Adam's state
         self._schedule_end: int | None = None  # the run's episode count where the current learn() call ends
         self._bar: tqdm | None = None
@@ -254,8 +251,9 @@ class PPO:
         """Train for ``total_episodes`` more episodes (or, with ``reset_num_episodes=False``,
         until the run has seen ``total_episodes`` in all, as when resuming).
 
-        A first Ctrl-C finishes the current iteration, saves a checkpoint and returns;
-        a second one aborts at once. Every way out that writes a checkpoint also writes the reward curve.
+        A first Ctrl-C, or a person's q with the human source (:attr:`stopped_by`), finishes the current iteration,
+        saves a checkpoint and returns; a second one aborts at once. Every way out that writes a checkpoint also
+        writes the reward curve.
 
         Args:
             total_episodes: episodes to train for (rounded up to whole iterations).
@@ -279,7 +277,7 @@ class PPO:
         callbacks = learn_control.callbacks(callback)
         target = self.num_episodes + total_episodes if reset_num_episodes else total_episodes
         iterations = max(0, math.ceil((target - self.num_episodes) / self.config.batch_size))
-        self._schedule_end = target
+        self._schedule_end, self.stopped_by = target, None
         show = self.config.progress and self.processes.is_main
         # With a person at the terminal (the human source) a bar would print into their screen: a line per
         # iteration, between batches, instead.
@@ -306,7 +304,8 @@ class PPO:
                         break
                     if self.processes.any(interrupt.requested):
                         bar.close()
-                        self._save_and_say(f"interrupted after iteration {self.num_iterations}", "checkpoint in")
+                        self.stopped_by = interrupt.stopped_by  # (textenv train: a person's stop exits 0)
+                        self._save_and_say(*interrupt.report(self.num_iterations))
                         return self
             if self.run_dir:
                 ppo_checkpoint.save_unless_saved(self)

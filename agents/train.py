@@ -253,8 +253,9 @@ def run_training(args: argparse.Namespace) -> int:
     """Run ``textenv train`` with parsed command-line arguments.
 
     Returns:
-        The exit status: 0 done (or nothing left to do), 2 training stopped on an error, 130 interrupted (after
-        a checkpoint), 1 the disk filled up while saving a checkpoint.
+        The exit status: 0 done (or nothing left to do, or the person at the terminal stopped with q, after a
+        checkpoint), 2 training stopped on an error, 130 interrupted (after a checkpoint), 1 the disk filled up
+        while saving a checkpoint.
 
     Raises:
         UsageError: a wrong option or ``--resume`` path, a flag that would change a resumed run, or an output
@@ -380,8 +381,11 @@ def _train_and_report(agent: Any, task: TrainTask, say: Any, start: float) -> in
     except DiskFullError as error:  # "no space left on DEVICE while saving PATH"; the older checkpoints load
         say(f"textenv: error: {error.strerror}", file=sys.stderr)
         return 1
-    if agent.num_episodes < total:  # a Ctrl-C: learn() saved a checkpoint and said where
-        return 130
+    if agent.num_episodes < total:  # stopped early: learn() saved a checkpoint and said where, and how to resume
+        if not agent.stopped_by:
+            return 130  # a Ctrl-C
+        _say_run(agent, task, say, start)  # the person at the terminal pressed q: the end of their run
+        return 0
     after = agent.evaluate(prompts, seed=agent.config.seed) if prompts else None
 
     if before is not None:
@@ -392,12 +396,17 @@ def _train_and_report(agent: Any, task: TrainTask, say: Any, start: float) -> in
             say(f"    after  [{after.rewards[i]:+.2f}] {after.completions[i].strip()[:120]!r}")
         say(f"\nmean reward on {len(prompts)} prompts: before {np.mean(before.rewards):+.3f}, "
             f"after {np.mean(after.rewards):+.3f}")
+    _say_run(agent, task, say, start)
+    return 0
+
+
+def _say_run(agent: Any, task: TrainTask, say: Any, start: float) -> None:
+    """The end of the report: the training reward by iteration, the run directory, the time taken."""
     curve = [h["charts/episodic_return"] for h in agent.history]
     if curve:
         say(f"training reward by iteration: {' '.join(f'{r:+.2f}' for r in curve)}")
     say(f"run directory: {task.output_dir} (TensorBoard events, samples.jsonl, reward_curve.png, checkpoints/)")
     say(f"total time {time.perf_counter() - start:.0f} s")
-    return 0
 
 
 def _silent(*args: Any, **kwargs: Any) -> None:

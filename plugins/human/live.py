@@ -101,6 +101,7 @@ class HumanFeedbackSource:
         """Pressed tokens whose sign Ĥ predicted right before learning from them (the batch summaries' figure)."""
         self.hhat_judged = 0
         """Pressed tokens Ĥ was judged on."""
+        self._quit_said = False  # the person's q is acted on once, in the call after it (it may come between calls)
         atexit.register(self.close)
 
     @property
@@ -117,10 +118,9 @@ class HumanFeedbackSource:
     ) -> list[np.ndarray]:
         """Stream the episodes, collect and credit feedback; per-token rewards for each."""
         n = len(completions)
-        was_quit = self.quit
         rewards = [np.zeros(len(ids)) for ids in completion_ids]
         masses = [np.zeros(len(ids)) for ids in completion_ids]
-        if not was_quit:
+        if not self.quit:
             show = list(range(n if self.options.show <= 0 else min(n, self.options.show)))
             self.batches += 1
             shown_ids = [completion_ids[i] for i in show]
@@ -141,7 +141,8 @@ class HumanFeedbackSource:
             for i in range(n):
                 silent = masses[i] == 0
                 rewards[i][silent] += self.options.hhat_mix * predicted[i][silent]
-        if self.quit and not was_quit:
+        if self.quit and not self._quit_said:
+            self._quit_said = True
             self._on_quit()
         return rewards
 
@@ -170,11 +171,18 @@ class HumanFeedbackSource:
             self.hhat.update(1)
 
     def _on_quit(self) -> None:
-        """The person quit: say so, and ask a training loop to stop as a first Ctrl-C does."""
-        self.feedback.write("\n(feedback ended: Ĥ stands in from here)\n")
+        """The person quit: say so, and ask a training loop to stop after this iteration, as their stop.
+
+        PPO's handler of Ctrl-C (:class:`textenv.agents.learn_control.GracefulStop`) takes a stop that is no
+        Ctrl-C, said as the person's; another loop's graceful handler gets a first Ctrl-C, as before.
+        """
+        self.feedback.screen.paragraph("(feedback ended: Ĥ stands in from here)")
         handler = signal.getsignal(signal.SIGINT)
-        if handler not in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL, None):
-            signal.raise_signal(signal.SIGINT)  # a graceful handler (PPO.learn): stop after this iteration
+        request_stop = getattr(handler, "request_stop", None)
+        if callable(request_stop):
+            request_stop("you pressed q")
+        elif handler not in (signal.default_int_handler, signal.SIG_IGN, signal.SIG_DFL, None):
+            signal.raise_signal(signal.SIGINT)  # another graceful handler: stop after this iteration
 
     def close(self) -> None:
         """Restore the terminal, save Ĥ, mark the session ended (at exit, or when done)."""
