@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import signal
@@ -20,7 +21,7 @@ from textenv.models import TINY_MODEL
 from textenv.plugins.human.episodes import rate_completions
 from textenv.plugins.human.simulated import SimulatedHuman
 from textenv.plugins.human.store import FeedbackStore
-from textenv.plugins.human.terminal import KeyReader, TerminalError, split_keys
+from textenv.plugins.human.terminal import KeyReader, TerminalError, check_terminal, split_keys
 
 
 @pytest.fixture
@@ -73,6 +74,52 @@ def test_the_cli_refuses_a_piped_stdin_before_loading_a_model(tmp_path, capsys, 
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("textenv: error: stdin is not a terminal") and "interactive terminal" in err
+
+
+_REFUSE_AND_REPORT = textwrap.dedent("""
+    import json, sys
+    from textenv import cli
+    rc = cli.main()  # as the textenv program runs it
+    print(json.dumps({"rc": rc, "model libraries": [m for m in ("transformers", "datasets") if m in sys.modules],
+                      "plugins and agents": sorted(m for m in sys.modules
+                                                   if m.startswith(("textenv.plugins", "textenv.agents")))}))
+""")
+
+
+@pytest.mark.parametrize("argv, error", [
+    (["train", "--reward", "sentiment + human(db='{db}')"], "reward source 'human': stdin is not a terminal"),
+    (["feedback", "label", "--mode", "rate", "--db", "{db}"], "stdin is not a terminal"),
+])
+def test_a_stdin_that_is_no_terminal_is_refused_before_any_plugin_or_model_library_is_imported(tmp_path, argv, error):
+    """Told in seconds, not after the plugins have imported transformers and datasets (~3,700 modules, a minute
+    on a cold start); torch itself comes with ``import textenv``, whose core modules import it."""
+    db = tmp_path / "feedback.db"
+    env = {**os.environ, "TEXTENV_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    result = run([sys.executable, "-c", _REFUSE_AND_REPORT, *(arg.format(db=db) for arg in argv)],
+                 stdin=subprocess.DEVNULL, env=env)
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == {"rc": 2, "model libraries": [], "plugins and agents": []}, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"textenv: error: {error}: live feedback reads keypresses") and not db.exists()
+
+
+def test_the_early_refusal_says_what_the_plugin_says_and_leaves_what_the_command_line_cannot_tell(monkeypatch):
+    read_end, write_end = os.pipe()
+    monkeypatch.setattr(sys, "stdin", os.fdopen(read_end))
+    try:
+        with pytest.raises(TerminalError) as plugins:
+            check_terminal()
+        assert cli.without_a_terminal(["feedback", "label", "--mode", "tokens"]) == str(plugins.value)
+        assert cli.without_a_terminal(["-p", "no:sentiment", "train", "--reward=length + 2*human(pace=6)"]) == \
+            f"reward source 'human': {plugins.value}"
+        for argv in (["train", "--reward", "human(tty='/dev/pts/9')"],  # its own terminal: the source checks it
+                     ["train", "--reward", "sentiment"], ["train", "--reward", "human(("],  # (said where it is read)
+                     ["feedback", "label", "--help"], ["feedback", "export", "--db", "f.db", "--output", "p.jsonl"],
+                     ["-p", "no:human", "train", "--reward", "human"]):  # another plugin's source may take the name
+            assert cli.without_a_terminal(argv, disabled=["human"] if "no:human" in argv else []) is None, argv
+    finally:
+        sys.stdin.close()
+        os.close(write_end)
 
 
 def test_keys_arrive_timestamped_while_the_main_thread_works_and_the_terminal_is_restored(pty_pair):
@@ -174,8 +221,9 @@ def test_each_press_is_marked_in_the_stream_and_the_batch_is_summarized(tmp_path
     # each press is confirmed where the stream was when it came, inside the completion it was about
     assert first.count(GOOD_MARK) == 2 and second.count(BAD_MARK) == 1 + 1  # and once more in the summary
     assert first.index("▸") < first.index(GOOD_MARK) < first.index("◂")
-    # the hint waits for the end of the completion: no line break inside it
-    assert first.index("◂") < first.index("(strength 7)") and "\n" not in first[first.index("▸"):first.index("◂")]
+    # the hint waits for the end of the completion: the completion reads whole (a line break only for a blank)
+    assert first.index("◂") < first.index("(strength 7)")
+    assert first[first.index("▸") + 1:first.index("◂")].replace(GOOD_MARK, "").replace("\n", " ") == texts[0]
     assert second.index("▸") < second.index(BAD_MARK) < second.index("◂")
     credited = sum(int((m > 0).sum()) for m in result.masses)
     assert f"3 presses (2 {GOOD_MARK} good, 1 {BAD_MARK} bad) credited to {credited} tokens of 2 completions" in screen

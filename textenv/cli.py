@@ -16,13 +16,14 @@ import ast
 import dataclasses
 import inspect
 import json
+import os
 import re
 import sys
 import textwrap
 import time
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,11 +35,12 @@ from textenv.plugin_manager import (
     PluginError,
     PluginManager,
     configure_plugins,
+    disabled_from_environment,
     get_plugin_manager,
     make_plugin_manager,
 )
 from textenv.prompts import PromptError, shortened
-from textenv.rewards import RewardError
+from textenv.rewards import RewardError, parse_reward_spec
 
 
 class ConfigFileError(ValueError):
@@ -87,11 +89,22 @@ def build_parser(pm: PluginManager | None = None) -> tuple[argparse.ArgumentPars
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``textenv`` command."""
+    """Entry point of the ``textenv`` command.
+
+    Args:
+        argv: the command line without the program's name; None: ``sys.argv``'s, as the ``textenv`` program
+            runs it (only then is a stdin that is no terminal refused before the plugins load: see
+            :func:`without_a_terminal`; a call from Python keeps the commands' own order of checks).
+    """
+    as_a_program = argv is None
     argv = sys.argv[1:] if argv is None else list(argv)
     user_errors: tuple[type[Exception], ...] = (PluginError,)  # a plugin that fails to load, until the parser is built
     try:
         disabled, load, no_autoload = plugin_switches(argv)
+        refusal = without_a_terminal(argv, disabled) if as_a_program else None
+        if refusal:  # said before the plugins load: they import the model libraries, a minute on a cold start
+            print(f"textenv: error: {refusal}", file=sys.stderr)
+            return 2
         if disabled or load or no_autoload:  # before any plugin loads: the parser is built by the plugins
             configure_plugins(disabled=disabled, load=load, autoload=False if no_autoload else None)
         parser, user_errors = _parser_for(argv, disabled, load)
@@ -130,6 +143,12 @@ def plugin_switches(argv: list[str]) -> tuple[list[str], list[str], bool]:
     Returns:
         The names to block, the names to load, and whether autoload is switched off.
     """
+    disabled, load, no_autoload, _ = _read_switches(argv)
+    return disabled, load, no_autoload
+
+
+def _read_switches(argv: list[str]) -> tuple[list[str], list[str], bool, int]:
+    """:func:`plugin_switches`, and the index in ``argv`` where the command starts."""
     disabled, load, no_autoload = [], [], False
     i = 0
     while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
@@ -143,7 +162,60 @@ def plugin_switches(argv: list[str]) -> tuple[list[str], list[str], bool]:
         if value is not None:
             (disabled if value.startswith("no:") else load).append(value.removeprefix("no:"))
         i += 1
-    return disabled, load, no_autoload
+    return disabled, load, no_autoload, i
+
+
+# ------------------------------------------------------------- a person's keys, and no terminal to read them from
+
+NOT_A_TERMINAL = ("stdin is not a terminal: live feedback reads keypresses as you press them. Run this in an "
+                  "interactive terminal (not through a pipe, a redirect, nohup or a batch job); to label without a "
+                  "person, use the simulated human (textenv.plugins.human.simulated).")
+"""What the human feedback plugin says when stdin is no terminal (its ``TerminalError``), here said earlier."""
+
+
+def without_a_terminal(argv: list[str], disabled: Sequence[str] = ()) -> str | None:
+    """Why this command line cannot run, when it reads a person's keys from stdin and stdin is not a terminal.
+
+    A person's keys are read by the built-in ``human`` plugin: ``textenv feedback label``, and a ``--reward``
+    spec with the ``human`` source (without ``tty=``). Its own check runs once the plugins are loaded, and they
+    import the model libraries (transformers, datasets) first: tens of seconds on a cold start, to be told that
+    stdin is a pipe. This check reads the command line only, before any plugin loads (and so before the command's
+    own option errors); whatever it cannot tell from there (a ``--config`` file, a spec it cannot read,
+    ``--resume``, ``--help``, the plugin blocked) it leaves to the plugin's check, which says the same.
+
+    Args:
+        argv: the command line, without the program's name.
+        disabled: the plugins blocked with ``-p no:NAME`` (``$TEXTENV_DISABLE_PLUGINS`` is read here).
+
+    Returns:
+        The one-line error, or None where nothing is known to read keys from a stdin that is no terminal.
+    """
+    *_, start = _read_switches(argv)
+    words = argv[start:argv.index("--") if "--" in argv else None]
+    if not words or any(word in ("-h", "--help") for word in words) or _stdin_is_a_terminal():
+        return None
+    blocked = {*disabled, *disabled_from_environment()}
+    if words[:2] == ["feedback", "label"] and "feedback" not in blocked:
+        return NOT_A_TERMINAL
+    if "human" in blocked:  # (another plugin's source may take the name)
+        return None
+    specs = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--reward"]
+    specs += [word.removeprefix("--reward=") for word in words if word.startswith("--reward=")]
+    for spec in specs:
+        try:
+            terms = parse_reward_spec(spec)
+        except RewardError:
+            continue  # said in full where the spec is read
+        if any(term.name == "human" and "tty" not in term.options for term in terms):
+            return f"reward source 'human': {NOT_A_TERMINAL}"
+    return None
+
+
+def _stdin_is_a_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdin.fileno())
+    except (AttributeError, ValueError, OSError):  # closed, or replaced by an object without a file
+        return False
 
 
 # ------------------------------------------------------------- config dataclasses as flags
