@@ -49,8 +49,21 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import feedback_study as fs  # noqa: E402  (the study's person, pools and reward models)
+from few_label_learners import (  # noqa: E402  (ridge learners on frozen features)
+    VIEWS,
+    completion_features,
+    pair_accuracy,
+    pair_scores,
+    press_scores,
+    rating_scores,
+    token_embeddings,
+)
 
 ARMS = ("active", "random", "ratings")
+LEARNER_ARMS = ("ratings", "ab", "best", "presses")
+"""What the fast learners learn from: 1-5 ratings, random A/B answers, best-of-K answers, keypresses."""
+GOAL = ((100, 0.72), (300, 0.80))
+"""Issue 25's goal: held-out pair accuracy from at most this many labels."""
 
 
 def rm_name(study: fs.Study) -> str:
@@ -168,6 +181,216 @@ def report(out: Path, log) -> str:
     return table
 
 
+# --------------------------------------------------------------------------- fast learners (--learners)
+
+
+def held_out_index_pairs(pool: list[fs.Sample], critic) -> np.ndarray:
+    """The held-out same-prompt pairs as rows (better index, worse index) into ``pool``: (P, 2)."""
+    scores = [critic.completion(s.text) for s in pool]
+    rows = [(i, j) if scores[i] > scores[j] else (j, i)
+            for i in range(len(pool)) for j in range(i + 1, len(pool))
+            if pool[i].group == pool[j].group and pool[i].text != pool[j].text
+            and abs(scores[i] - scores[j]) >= fs.HELD_OUT_GAP]
+    return np.array(rows, dtype=np.int64).reshape(-1, 2)
+
+
+def person_ceilings(judge, pool: list[fs.Sample], held: np.ndarray, draws: int = 5) -> dict[str, float]:
+    """How often the person's own noisy answers agree with the critic on the held-out pairs: one rating of each
+    completion (equal ratings and skips count one half), or one A/B answer per pair (ties and skips one half)."""
+    rating, ab = [], []
+    for _ in range(draws):
+        keys = [judge.rate(s.text, len(s.ids))[0] for s in pool]
+        given = np.array([float(k) if k.isdigit() else np.nan for k in keys])
+        gap = given[held[:, 0]] - given[held[:, 1]]
+        rating.append(np.mean(np.where(np.isnan(gap), 0.5, (gap > 0) + 0.5 * (gap == 0))))
+        answers = [judge.compare(pool[i].text, pool[j].text, 0)[0] for i, j in held]
+        ab.append(np.mean([1.0 if k == "a" else 0.0 if k == "b" else 0.5 for k in answers]))
+    return {"rating": float(np.mean(rating)), "ab": float(np.mean(ab))}
+
+
+def cached_features(study: fs.Study, pool: list[fs.Sample], path: Path) -> dict[str, np.ndarray]:
+    """:func:`few_label_learners.completion_features` of ``pool``, kept in ``path`` (an .npz)."""
+    if path.exists():
+        return dict(np.load(path))
+    views = completion_features(pool, study.model, study.backbone)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **views)
+    return views
+
+
+def opening_order(pool: list[fs.Sample], rng: np.random.Generator) -> list[int]:
+    """Pool indices opening by opening, the openings shuffled: the order completions are shown in."""
+    groups = rng.permutation(sorted({s.group for s in pool}))
+    return [i for g in groups for i, s in enumerate(pool) if s.group == g]
+
+
+def learner_point(labels: int, pairs: int, seconds: float, scores: dict[str, np.ndarray], held: np.ndarray):
+    """One point of a curve: the labels so far, their pairs and person-minutes, each learner's accuracy."""
+    return {"labels": labels, "pairs": pairs, "person_minutes": seconds / 60.0,
+            "accuracy": {name: pair_accuracy(s, held) for name, s in scores.items()}}
+
+
+def learner_curves(study: fs.Study, pool, held_pool, train, held_views, held, steps: dict[str, list[int]],
+                   seed: int, k: int) -> dict[str, list[dict[str, Any]]]:
+    """Each arm's points: the labels asked in order, the learners refitted at each step's count."""
+    from textenv.plugins.human.live import HumanOptions
+    from textenv.plugins.human.simulated import token_judgements
+
+    critic = fs.make_critic(study.critic)
+    curves: dict[str, list[dict[str, Any]]] = {}
+
+    judge, rng = fs.EpisodeJudge(critic, study.pace, np.random.default_rng(seed)), np.random.default_rng(seed + 7)
+    order, rated, ratings, seconds, asked = opening_order(pool, rng), [], [], 0.0, 0
+    curves["ratings"] = []
+    for n in steps["ratings"]:
+        for i in order[asked:n]:
+            key, cost = judge.rate(pool[i].text, len(pool[i].ids))
+            seconds += cost
+            if key.isdigit():  # a skip costs the reading and gives nothing
+                rated.append(i)
+                ratings.append(float(key))
+        asked = min(n, len(order))
+        if len(ratings) > 2:
+            scores = rating_scores(train, held_views, np.array(rated), np.array(ratings))
+            curves["ratings"].append(learner_point(asked, len(ratings), seconds, scores, held))
+
+    def pair_curve(arm: str, questions: list[Any], answer) -> list[dict[str, Any]]:
+        chosen, rejected, seconds, points, asked = [], [], 0.0, [], 0
+        for n in steps[arm]:
+            for question in questions[asked:n]:
+                pairs, cost = answer(question)
+                seconds += cost
+                for c, r in pairs:
+                    chosen.append(c)
+                    rejected.append(r)
+            asked = min(n, len(questions))
+            if chosen:
+                scores = pair_scores(train, held_views, np.array(chosen), np.array(rejected))
+                points.append(learner_point(asked, len(chosen), seconds, scores, held))
+        return points
+
+    judge, rng = fs.EpisodeJudge(critic, study.pace, np.random.default_rng(seed)), np.random.default_rng(seed + 7)
+
+    def ab(question: tuple[int, int, float]):
+        i, j, _ = question
+        key, cost = judge.compare(pool[i].text, pool[j].text, len(pool[i].ids) + len(pool[j].ids))
+        return ([(i, j)] if key == "a" else [(j, i)] if key == "b" else []), cost
+
+    curves["ab"] = pair_curve("ab", fs.random_pairs(pool, set(), rng, max(steps["ab"])), ab)
+
+    judge, rng = fs.EpisodeJudge(critic, study.pace, np.random.default_rng(seed)), np.random.default_rng(seed + 7)
+    quads = []  # each opening's completions in disjoint groups of k, the openings shuffled
+    for g in rng.permutation(sorted({s.group for s in pool})):
+        members = rng.permutation([i for i, s in enumerate(pool) if s.group == g])
+        quads += [list(members[a : a + k]) for a in range(0, len(members) - k + 1, k)]
+
+    def best(question: list[int]):
+        texts = [pool[i].text for i in question]
+        top, bottom, cost = judge.best_of(texts, sum(len(pool[i].ids) for i in question))
+        if top is None:
+            return [], cost
+        pairs = [(question[top], question[o]) for o in range(len(question)) if o != top]
+        if bottom is not None:
+            pairs += [(question[o], question[bottom]) for o in range(len(question)) if o not in (top, bottom)]
+        return [(c, r) for c, r in pairs if pool[c].text != pool[r].text], cost
+
+    curves["best"] = pair_curve("best", quads, best)
+
+    # keypresses: each shown completion's words the person reacts to, a press each (a miss drops it, a wrong key
+    # flips it), credited to the judged tokens; a completion costs its streaming at the pace and the gap after it
+    judge, rng = fs.EpisodeJudge(critic, study.pace, np.random.default_rng(seed)), np.random.default_rng(seed + 7)
+    behaviour, gap = judge.behaviour, HumanOptions().gap
+    embeddings = token_embeddings(study.model)
+    shown, presses, seconds, count, curves["presses"] = [], [], 0.0, 0, []
+    order = opening_order(pool, rng)
+    for n in steps["presses"]:
+        while count < n and len(shown) < len(order):
+            sample = pool[order[len(shown)]]
+            judged = token_judgements(sample.tokens, critic, behaviour)
+            pressed = np.zeros(len(sample.ids))
+            for t in np.flatnonzero(judged[: len(sample.ids)]):
+                if rng.random() < behaviour.miss:
+                    continue
+                pressed[t] = np.sign(judged[t]) * (-1.0 if rng.random() < behaviour.flip else 1.0)
+                count += 1
+            shown.append(sample.ids)
+            presses.append(pressed)
+            seconds += len(sample.ids) / study.pace + gap
+        scores = {"tokens": press_scores(embeddings, shown, presses, [s.ids for s in held_pool])}
+        curves["presses"].append(learner_point(n, len(shown), seconds, scores, held))  # n: the press budget
+    return curves
+
+
+def learner_run(study: fs.Study, seeds: list[int], steps: dict[str, list[int]], k: int, out: Path, log) -> None:
+    """Every seed not yet in ``out``: the fast learners' curves on every kind of label, and the person's ceiling."""
+    train_prompts, held_out_prompts = fs.split_prompts(study)
+    critic = fs.make_critic(study.critic)
+    for seed in seeds:
+        path = out / f"learners-seed{seed}.json"
+        if path.exists():
+            continue
+        start = time.perf_counter()
+        cache = out / "work" / f"pool-{study.model}-{{}}x{study.per_prompt}-seed{seed}.json"
+        pool = fs.sample_pool(study, train_prompts, seed, Path(str(cache).format(len(train_prompts))))
+        held_pool = fs.sample_pool(study, held_out_prompts, seed + 500, Path(str(cache).format(len(held_out_prompts))))
+        held = held_out_index_pairs(held_pool, critic)
+        features = out / "work" / f"features-{study.model}-{Path(study.backbone).name}-{{}}-seed{seed}.npz"
+        train = cached_features(study, pool, Path(str(features).format("train")))
+        held_views = cached_features(study, held_pool, Path(str(features).format("held")))
+        log(f"seed {seed}: {len(pool)} completions to label, {len(held)} held-out pairs")
+        ceilings = person_ceilings(fs.EpisodeJudge(critic, study.pace, np.random.default_rng(seed + 99)), held_pool,
+                                   held)
+        curves = learner_curves(study, pool, held_pool, train, held_views, held, steps, seed, k)
+        for arm, points in curves.items():
+            for p in points:
+                best = max(p["accuracy"], key=p["accuracy"].get)
+                log(f"  {arm} seed {seed}: {p['labels']} labels -> best {best} {p['accuracy'][best]:.3f}")
+        result = {"seed": seed, "ceilings": ceilings, "curves": curves, "held_out_pairs": len(held), "k": k,
+                  "seconds": round(time.perf_counter() - start, 1), "commit": fs.git_commit(),
+                  "study": dataclasses.asdict(study)}
+        fs.atomic_write(path, json.dumps(result, indent=1) + "\n")
+
+
+def learner_report(out: Path, log) -> str:
+    """Held-out accuracy per arm and label count, each learner's mean ± sd over seeds; the ceilings; the goal."""
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("learners-seed*.json"))]
+    if not runs:
+        return ""
+    learners = [*VIEWS, "ensemble", "tokens"]
+    lines = [f"| arm | labels | pairs · rated · shown | person-min | {' | '.join(learners)} | seeds |",
+             "|---|---:|---:|---:|" + "---|" * len(learners) + "---:|"]
+    best_at: dict[int, tuple[float, str]] = {}
+    for arm in LEARNER_ARMS:
+        counts = sorted({p["labels"] for r in runs for p in r["curves"].get(arm, [])})
+        for n in counts:
+            points = [p for r in runs for p in r["curves"].get(arm, []) if p["labels"] == n]
+            cells = []
+            for name in learners:
+                acc = np.array([p["accuracy"][name] for p in points if name in p["accuracy"]])
+                if not len(acc):
+                    cells.append("")
+                    continue
+                cells.append(f"{acc.mean():.3f}" + (f" ± {acc.std(ddof=1):.3f}" if len(acc) > 1 else ""))
+                for limit, _ in GOAL:
+                    if n <= limit and acc.mean() > best_at.get(limit, (0.0, ""))[0]:
+                        best_at[limit] = (float(acc.mean()), f"{name} on {n} {arm} labels")
+            pairs = np.mean([p["pairs"] for p in points])
+            minutes = np.mean([p["person_minutes"] for p in points])
+            lines.append(f"| {arm} | {n} | {pairs:.0f} | {minutes:.1f} | {' | '.join(cells)} | {len(points)} |")
+    ceilings = {k: np.mean([r["ceilings"][k] for r in runs]) for k in runs[0]["ceilings"]}
+    lines += ["", f"The person's own ceiling on the same held-out pairs ({runs[0]['held_out_pairs']} in seed "
+              f"{runs[0]['seed']}): one noisy rating {ceilings['rating']:.3f}, one noisy A/B answer "
+              f"{ceilings['ab']:.3f} (best-of-{runs[0]['k']} questions; presses credited to the judged token)."]
+    for limit, goal in GOAL:
+        got, where = best_at.get(limit, (float("nan"), "nothing"))
+        verdict = "met" if got >= goal else f"short by {goal - got:.3f}"
+        lines.append(f"Goal {goal:.2f} from <= {limit} labels: best {got:.3f} ({where}): {verdict}.")
+    table = "\n".join(lines)
+    (out / "learners.md").write_text(table + "\n")
+    log(table)
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--report", action="store_true", help="only print the table of the runs in --out")
@@ -183,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="how the reward models read MiniLM (default head: its [CLS] pooler, as in the study)")
     parser.add_argument("--rm-freeze", action="store_true", help="train the reward models' head only")
     parser.add_argument("--out", default="runs/label_efficiency")
+    parser.add_argument("--learners", action="store_true",
+                        help="the fast learners on frozen features, on every kind of label (not the study's model)")
+    parser.add_argument("--learner-steps", default="ratings=36,72,100,144,200,288;ab=25,50,100,200,300;"
+                        "best=10,20,36,50,72;presses=50,100,150,200,300",
+                        help="labels at each refit, per arm")
+    parser.add_argument("--candidates", type=int, default=4, help="K of the best-of-K questions")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -193,8 +422,17 @@ def main(argv: list[str] | None = None) -> int:
                          rm_pooling=args.rm_pooling, rm_freeze=args.rm_freeze)
         steps = {"active": [int(s) for s in args.steps.split(",")], "random": [int(s) for s in args.steps.split(",")],
                  "ratings": [int(s) for s in args.rating_steps.split(",")]}
-        run(study, [a for a in args.arms.split(",") if a], [int(s) for s in args.seeds.split(",")], steps, out, log)
-    report(out, log)
+        seeds = [int(s) for s in args.seeds.split(",")]
+        if args.learners:
+            steps = {arm: [int(n) for n in counts.split(",")]
+                     for arm, counts in (part.split("=") for part in args.learner_steps.split(";"))}
+            learner_run(study, seeds, steps, args.candidates, out, log)
+        else:
+            run(study, [a for a in args.arms.split(",") if a], seeds, steps, out, log)
+    if args.learners or args.report:
+        learner_report(out, log)
+    if not args.learners or args.report:
+        report(out, log)
     return 0
 
 

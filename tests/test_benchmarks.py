@@ -64,6 +64,7 @@ ELSEWHERE = {
 HELPERS = {
     "timing.py": ["env_step.py", "ppo_throughput.py"],
     "baselines/baseline_common.py": list(BASELINES),
+    "few_label_learners.py": ["label_efficiency.py"],
 }
 """Modules that are no script of their own, and the scripts run here that import them."""
 
