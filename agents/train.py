@@ -110,8 +110,9 @@ def textenv_add_commands(subparsers):
         help="train a model with PPO in the env (the main job)",
         description="Evaluate, train with PPO, evaluate again. Every PPOConfig field is a flag, its default "
                     "PPOConfig's (the setting tuned on the main task); --config FILE gives any option from a YAML "
-                    "or JSON file, and flags override it. Exit status: 0 done, 2 a wrong option or path, "
-                    "130 interrupted (after a checkpoint), 1 anything else.",
+                    "or JSON file, and flags override it. Exit status: 0 done (or the person giving feedback "
+                    "pressed q, after a checkpoint), 2 a wrong option or path, 130 interrupted (after a checkpoint), "
+                    "1 anything else.",
         usage="textenv train [--model M] [--reward SPEC] [--config FILE] [options]  (--help lists them all)",
         allow_abbrev=False,  # a new field must not change what an abbreviation used to mean
     )
