@@ -60,7 +60,7 @@ from few_label_learners import (  # noqa: E402  (ridge learners on frozen featur
 )
 
 ARMS = ("active", "random", "ratings")
-LEARNER_ARMS = ("ratings", "ab", "best", "presses")
+LEARNER_ARMS = ("ratings", "ab", "best", "presses", "stream")
 """What the fast learners learn from: 1-5 ratings, random A/B answers, best-of-K answers, keypresses."""
 GOAL = ((100, 0.72), (300, 0.80))
 """Issue 25's goal: held-out pair accuracy from at most this many labels."""
@@ -163,6 +163,8 @@ def report(out: Path, log) -> str:
     """Accuracy per step, mean ± sd over seeds, per arm and reward model (one markdown table)."""
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for path in sorted(out.glob("*-seed*.json")):
+        if path.name.startswith("learners-"):  # the fast learners' runs: learner_report's
+            continue
         r = json.loads(path.read_text())
         runs.setdefault((r["arm"], r["reward_model"]), []).append(r)
     lines = ["| arm | reward model | labels | pairs | person-min | held-out accuracy (mean ± sd) | seeds |",
@@ -234,8 +236,8 @@ def learner_curves(study: fs.Study, pool, held_pool, train, held_views, held, st
                    seed: int, k: int) -> dict[str, list[dict[str, Any]]]:
     """Each arm's points: the labels asked in order, the learners refitted at each step's count."""
     from textenv.plugins.human.live import HumanOptions
-    from textenv.plugins.human.simulated import token_judgements
 
+    gap = HumanOptions().gap
     critic = fs.make_critic(study.critic)
     curves: dict[str, list[dict[str, Any]]] = {}
 
@@ -297,28 +299,74 @@ def learner_curves(study: fs.Study, pool, held_pool, train, held_views, held, st
     curves["best"] = pair_curve("best", quads, best)
 
     # keypresses: each shown completion's words the person reacts to, a press each (a miss drops it, a wrong key
-    # flips it), credited to the judged tokens; a completion costs its streaming at the pace and the gap after it
-    judge, rng = fs.EpisodeJudge(critic, study.pace, np.random.default_rng(seed)), np.random.default_rng(seed + 7)
-    behaviour, gap = judge.behaviour, HumanOptions().gap
+    # flips it); "presses" credits each to the token it judged (the best case of any credit assignment), "stream"
+    # presses it a reaction delay after the word's last token appeared and credits it over the 0.2-4 s window
+    # before, as the live session does; a completion costs its streaming at the pace and the gap after it
     embeddings = token_embeddings(study.model)
-    shown, presses, seconds, count, curves["presses"] = [], [], 0.0, 0, []
-    order = opening_order(pool, rng)
-    for n in steps["presses"]:
-        while count < n and len(shown) < len(order):
-            sample = pool[order[len(shown)]]
-            judged = token_judgements(sample.tokens, critic, behaviour)
-            pressed = np.zeros(len(sample.ids))
-            for t in np.flatnonzero(judged[: len(sample.ids)]):
-                if rng.random() < behaviour.miss:
-                    continue
-                pressed[t] = np.sign(judged[t]) * (-1.0 if rng.random() < behaviour.flip else 1.0)
-                count += 1
-            shown.append(sample.ids)
-            presses.append(pressed)
-            seconds += len(sample.ids) / study.pace + gap
-        scores = {"tokens": press_scores(embeddings, shown, presses, [s.ids for s in held_pool])}
-        curves["presses"].append(learner_point(n, len(shown), seconds, scores, held))  # n: the press budget
+    for arm in ("presses", "stream"):
+        judge, rng = fs.EpisodeJudge(critic, study.pace, np.random.default_rng(seed)), np.random.default_rng(seed + 7)
+        shown, labels, seconds, count, curves[arm] = [], [], 0.0, 0, []
+        order = opening_order(pool, rng)
+        for n in steps["presses"]:
+            while count < n and len(shown) < len(order):
+                sample = pool[order[len(shown)]]
+                pressed = word_presses(sample, critic, judge.behaviour, rng)
+                count += len(pressed)
+                labels.append(credited(pressed, len(sample.ids), study.pace, judge.behaviour, rng,
+                                       exact=arm == "presses"))
+                shown.append(sample.ids)
+                seconds += len(sample.ids) / study.pace + gap
+            held_ids = [s.ids for s in held_pool]
+            scores = {"tokens": press_scores(embeddings, shown, labels, held_ids),
+                      "Ĥ": hhat_scores(shown, labels, held_ids)}
+            curves[arm].append(learner_point(n, len(shown), seconds, scores, held))  # n: the press budget
     return curves
+
+
+def word_presses(sample: fs.Sample, critic, behaviour, rng: np.random.Generator) -> list[tuple[int, float]]:
+    """The person's presses on a completion: (the judged word's last token, +1 or -1) per word it reacts to."""
+    from textenv.plugins.human.simulated import token_judgements
+
+    judged = token_judgements(sample.tokens, critic, behaviour)[: len(sample.ids)]
+    presses = []
+    for t in np.flatnonzero(judged):
+        if t + 1 < len(judged) and judged[t + 1] == judged[t]:
+            continue  # the word goes on: the person reacts when it ends
+        if rng.random() < behaviour.miss:
+            continue
+        presses.append((int(t), float(np.sign(judged[t])) * (-1.0 if rng.random() < behaviour.flip else 1.0)))
+    return presses
+
+
+def credited(presses: list[tuple[int, float]], n_tokens: int, pace: float, behaviour, rng: np.random.Generator,
+             exact: bool) -> np.ndarray:
+    """Per-token rewards from a completion's presses: on the judged token (``exact``), or as the live session
+    credits them (a press a reaction delay after its word's last token appeared, spread over the tokens shown
+    0.2-4 s before it, the next token appearing 1/pace later)."""
+    from textenv.plugins.human.credit import credit_keypresses, hidden_times
+
+    rewards = np.zeros(n_tokens)
+    if exact:
+        for t, value in presses:
+            rewards[t] = value
+        return rewards
+    if not presses:
+        return rewards
+    shown_at = np.arange(n_tokens) / pace  # (T,)
+    times = [shown_at[t] + 1.0 / pace + rng.uniform(behaviour.reaction_min, behaviour.reaction_max)
+             for t, _ in presses]
+    rewards, _ = credit_keypresses(times, [v for _, v in presses], shown_at, hidden_times(shown_at, n_tokens / pace))
+    return rewards
+
+
+def hhat_scores(shown_ids: list[list[int]], rewards: list[np.ndarray], held_ids: list[list[int]]) -> np.ndarray:
+    """Ĥ (the live source's default estimator) fitted to the credited rewards; a completion scores its sum."""
+    from textenv.plugins.human.hhat import HumanRewardModel
+
+    hhat = HumanRewardModel()
+    hhat.observe(shown_ids, rewards)
+    hhat.update()
+    return np.array([p.sum() for p in hhat.predict(held_ids)])
 
 
 def learner_run(study: fs.Study, seeds: list[int], steps: dict[str, list[int]], k: int, out: Path, log) -> None:
@@ -356,10 +404,11 @@ def learner_report(out: Path, log) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("learners-seed*.json"))]
     if not runs:
         return ""
-    learners = [*VIEWS, "ensemble", "tokens"]
+    learners = [*VIEWS, "ensemble", "tokens", "Ĥ"]
     lines = [f"| arm | labels | pairs · rated · shown | person-min | {' | '.join(learners)} | seeds |",
              "|---|---:|---:|---:|" + "---|" * len(learners) + "---:|"]
     best_at: dict[int, tuple[float, str]] = {}
+    in_fifteen = (0.0, "nothing")
     for arm in LEARNER_ARMS:
         counts = sorted({p["labels"] for r in runs for p in r["curves"].get(arm, [])})
         for n in counts:
@@ -371,20 +420,24 @@ def learner_report(out: Path, log) -> str:
                     cells.append("")
                     continue
                 cells.append(f"{acc.mean():.3f}" + (f" ± {acc.std(ddof=1):.3f}" if len(acc) > 1 else ""))
+                pairs = np.mean([p["pairs"] for p in points])
+                minutes = np.mean([p["person_minutes"] for p in points])
                 for limit, _ in GOAL:
                     if n <= limit and acc.mean() > best_at.get(limit, (0.0, ""))[0]:
                         best_at[limit] = (float(acc.mean()), f"{name} on {n} {arm} labels")
-            pairs = np.mean([p["pairs"] for p in points])
-            minutes = np.mean([p["person_minutes"] for p in points])
+                if minutes <= 15.0 and acc.mean() > in_fifteen[0]:
+                    in_fifteen = (float(acc.mean()), f"{name} on {n} {arm} labels, {minutes:.1f} person-min")
             lines.append(f"| {arm} | {n} | {pairs:.0f} | {minutes:.1f} | {' | '.join(cells)} | {len(points)} |")
     ceilings = {k: np.mean([r["ceilings"][k] for r in runs]) for k in runs[0]["ceilings"]}
     lines += ["", f"The person's own ceiling on the same held-out pairs ({runs[0]['held_out_pairs']} in seed "
               f"{runs[0]['seed']}): one noisy rating {ceilings['rating']:.3f}, one noisy A/B answer "
-              f"{ceilings['ab']:.3f} (best-of-{runs[0]['k']} questions; presses credited to the judged token)."]
+              f"{ceilings['ab']:.3f} (best-of-{runs[0]['k']} questions; presses credited to the judged token, "
+              "stream as the live session credits them)."]
     for limit, goal in GOAL:
         got, where = best_at.get(limit, (float("nan"), "nothing"))
         verdict = "met" if got >= goal else f"short by {goal - got:.3f}"
         lines.append(f"Goal {goal:.2f} from <= {limit} labels: best {got:.3f} ({where}): {verdict}.")
+    lines.append(f"Best within 15 person-minutes: {in_fifteen[0]:.3f} ({in_fifteen[1]}).")
     table = "\n".join(lines)
     (out / "learners.md").write_text(table + "\n")
     log(table)

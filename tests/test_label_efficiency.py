@@ -42,11 +42,14 @@ def test_the_fast_learners_run_on_every_kind_of_label_and_report_against_the_cei
     for arm in ("ratings", "ab", "best"):
         for point in result["curves"][arm]:
             assert set(point["accuracy"]) == views and all(0 <= a <= 1 for a in point["accuracy"].values())
+    assert set(result["curves"]["stream"][0]["accuracy"]) == {"tokens", "Ĥ"}  # keypresses: per-token learners
     shown = [p["pairs"] for p in result["curves"]["presses"]]
     assert shown[0] < shown[1]  # a larger press budget streams more completions
     assert 0.5 < result["ceilings"]["rating"] <= 1 and 0.5 < result["ceilings"]["ab"] <= 1
     table = (tmp_path / "learners.md").read_text()
     assert "| best | 4 |" in table and "one noisy rating" in table and "Goal 0.72 from <= 100 labels" in table
+    assert "Best within 15 person-minutes" in table
+    assert module.main(["--report", "--out", str(tmp_path)]) == 0  # both reports read the folder
 
     capsys.readouterr()
     assert module.main(argv) == 0  # done: nothing is relabelled or refitted
