@@ -664,9 +664,7 @@ def run_tamer(study: Study, cell: Cell, ctx: dict[str, Any], log) -> dict[str, A
             history = train(agent, study, log, on_iteration=lambda it: (
                 f"; {person.presses} presses, {watcher.spent() / 60:.1f} person-min"))
         presses, minutes = person.presses, watcher.spent() / 60.0
-        for source in list(live._sources.values()):  # no public close per store; the study runs many
-            if source.options.db == str(db):
-                source.close()
+        live.close_human_sources(db)  # this cell's session ends with it: the study runs many in one process
     return {"labels": presses, "person_minutes": minutes, "train_kl": history[-1]["objective/kl"],
             "hhat": ctx["hhat_commit"], **evaluate(agent, study, ctx["held_out"], cell.seed)}
 

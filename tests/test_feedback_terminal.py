@@ -256,3 +256,20 @@ def test_a_person_rating_sees_a_megabyte_prompt_shortened_with_its_length(tmp_pa
         screen = "".join(person.screen)
         assert store.ratings()[0]["prompt"] == huge  # the store keeps it whole
     assert "... (1,000,000 characters)" in screen and len(screen) < 5_000
+
+
+def test_the_live_sources_of_one_store_can_be_closed_before_exit(tmp_path):
+    from textenv.plugins.human.live import HumanOptions, close_human_sources, human_source
+
+    with SimulatedHuman(judge=False) as person:
+        first = human_source(HumanOptions(db=str(tmp_path / "a.db"), tty=person.tty_path))
+        second = human_source(HumanOptions(db=str(tmp_path / "b.db"), tty=person.tty_path))
+        try:
+            assert close_human_sources(tmp_path / "a.db") == 1
+            with FeedbackStore(tmp_path / "a.db") as store:  # the session is marked ended: closed, not at exit
+                assert all(s["ended_at"] is not None for s in store._rows("SELECT ended_at FROM sessions"))
+            assert human_source(HumanOptions(db=str(tmp_path / "b.db"), tty=person.tty_path)) is second
+            reopened = human_source(HumanOptions(db=str(tmp_path / "a.db"), tty=person.tty_path))
+            assert reopened is not first  # the same options open a fresh source
+        finally:
+            assert close_human_sources() == 2

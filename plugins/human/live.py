@@ -212,6 +212,20 @@ def human_source(options: HumanOptions, *, mode: str = "train") -> HumanFeedback
     return _sources[options]
 
 
+def close_human_sources(db: str | Path | None = None) -> int:
+    """Close the process's live sources (of the store ``db`` only, when given): the terminal restored, Ĥ saved,
+    the session ended. A program that runs several trainings with a person in one process closes each one's source
+    when its training ends, instead of at exit; the next use of the same options opens a fresh one.
+
+    Returns:
+        How many sources were closed.
+    """
+    closing = [s for s in list(_sources.values()) if db is None or Path(s.options.db) == Path(db)]
+    for source in closing:
+        source.close()
+    return len(closing)
+
+
 def load_hhat(path: Path, store: FeedbackStore) -> HumanRewardModel:
     """Ĥ as saved at ``path``, with the store's feedback in its buffer; rebuilt from the store when needed.
 
