@@ -122,6 +122,24 @@ def test_keypress_feedback_on_two_completions_of_a_prompt_gives_a_pair(store):
     assert store.preference_pairs(include_tokens=False) == []
 
 
+def test_keypress_labelled_completions_train_the_reward_model(store, tmp_path):
+    """Presses on streamed completions reach the reward model that ratings train: their pairs fit it."""
+    from textenv.plugins.reward_model import RewardModelConfig, train_reward_model
+
+    session = store.start_session("tokens")
+    for prompt in ("The film was", "I thought it", "Overall the plot"):
+        for text, value in ((" a delight, warm and funny", 1.0), (" a chore, cold and dull", -1.0)):
+            episode = store.add_episode(session, prompt, text, [1, 2, 3], ["a", "b", "c"])
+            store.set_token_rewards(episode, [0.0, value, 0.0], [0.0, 1.0, 0.0])  # one press on the middle token
+    pairs = store.preference_pairs()
+    assert len(pairs) == 3 and all(p["chosen"].startswith(" a delight") for p in pairs)
+    config = RewardModelConfig(backbone="tiny-random", epochs=30, lr=3e-3, batch_size=3, eval_fraction=0.0,
+                               device="cpu")
+    model = train_reward_model(pairs, tmp_path / "rm", config, progress=False).model
+    scores = model.score(["The film was"] * 2, [" a delight, warm and funny", " a chore, cold and dull"])
+    assert scores[0] > scores[1]
+
+
 def _snapshot(folder):
     """Every file in ``folder`` with its bytes and modification time."""
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
