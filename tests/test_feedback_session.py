@@ -429,26 +429,32 @@ def test_best_of_k_stores_each_answer_before_the_next_question_and_exports_2k_mi
     assert "Loading weights" not in screen() + (tmp_path / "stderr.txt").read_text()
 
 
-def test_a_short_rating_session_on_many_prompts_exports_pairs(tmp_path):
-    """Several completions of each prompt, one after another: ratings of one prompt's completions make pairs."""
-    db = str(tmp_path / "feedback.db")
+def _rate_session(tmp_path, db: str, num_prompts: int, answers: str) -> str:
+    """``textenv feedback label --mode rate`` in a pty, 2 completions per prompt, answered in turn; the screen."""
     master, slave = pty.openpty()
     with open(tmp_path / "stderr.txt", "w") as log:
         child = _spawn(["feedback", "label", "--mode", "rate", "--db", db, "--model", TINY_MODEL, "--prompts",
-                        "movie-reviews", "--num-prompts", "2", "--candidates", "2", "--rounds", "1",
+                        "movie-reviews", "--num-prompts", str(num_prompts), "--candidates", "2", "--rounds", "1",
                         "--max-new-tokens", "8"], slave, log)
     os.close(slave)
     try:
         with SimulatedHuman(master_fd=master, judge=False) as person:
-            for asked, answer in enumerate("5142", start=1):
+            for asked, answer in enumerate(answers, start=1):
                 _wait_for(lambda asked=asked: "".join(person.screen).count("rate 1-5") >= asked, what="a question",
                           child=child)
                 person.type(answer)
             assert wait_for_exit(child, progress=[lambda: len(person.screen)]) == 0, \
                 (tmp_path / "stderr.txt").read_text()[-2000:]
+            return "".join(person.screen)
     finally:
         child.kill()
         os.close(master)
+
+
+def test_a_short_rating_session_on_many_prompts_exports_pairs(tmp_path):
+    """Several completions of each prompt, one after another: ratings of one prompt's completions make pairs."""
+    db = str(tmp_path / "feedback.db")
+    screen = _rate_session(tmp_path, db, 2, "5142")
     with FeedbackStore(db) as store:
         rated = store.ratings()
     assert [r["rating"] for r in rated] == [5.0, 1.0, 4.0, 2.0]
@@ -461,30 +467,14 @@ def test_a_short_rating_session_on_many_prompts_exports_pairs(tmp_path):
     assert len(rows) >= 2
     assert {(r["chosen"], r["rejected"]) for r in rows} >= {(rated[0]["completion"], rated[1]["completion"]),
                                                             (rated[2]["completion"], rated[3]["completion"])}
-    assert f"the store gives {len(rows)} preference pairs" in "".join(person.screen)
+    assert f"the store gives {len(rows)} preference pairs" in screen
 
 
 def test_a_session_whose_labels_give_no_pair_says_why(tmp_path):
-    db = str(tmp_path / "feedback.db")
-    master, slave = pty.openpty()
-    with open(tmp_path / "stderr.txt", "w") as log:
-        child = _spawn(["feedback", "label", "--mode", "rate", "--db", db, "--model", TINY_MODEL, "--prompts",
-                        "movie-reviews", "--num-prompts", "1", "--candidates", "2", "--rounds", "1",
-                        "--max-new-tokens", "8"], slave, log)
-    os.close(slave)
-    try:
-        with SimulatedHuman(master_fd=master, judge=False) as person:
-            for asked in (1, 2):  # the same rating for both completions: no preference between them
-                _wait_for(lambda asked=asked: "".join(person.screen).count("rate 1-5") >= asked, what="a question",
-                          child=child)
-                person.type("3")
-            assert wait_for_exit(child, progress=[lambda: len(person.screen)]) == 0, \
-                (tmp_path / "stderr.txt").read_text()[-2000:]
-    finally:
-        child.kill()
-        os.close(master)
+    # the same rating for both completions: no preference between them
+    screen = _rate_session(tmp_path, str(tmp_path / "feedback.db"), 1, "33")
     assert ("no preference pairs yet: 2 ratings over 1 prompt: pairs come from two completions of one prompt rated "
-            "differently") in "".join(person.screen)
+            "differently") in screen
 
 
 @pytest.mark.parametrize(("argv", "message"), [
