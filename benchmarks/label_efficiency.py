@@ -289,10 +289,10 @@ def learner_curves(study: fs.Study, pool, held_pool, train, held_views, held, st
     curves["ab"] = pair_curve("ab", fs.random_pairs(pool, set(), rng, max(steps["ab"])), ab)
 
     judge, rng = fs.EpisodeJudge(critic, study.pace, np.random.default_rng(seed)), np.random.default_rng(seed + 7)
-    quads = []  # each opening's completions in disjoint groups of k, the openings shuffled
+    questions = []  # each opening's completions in disjoint groups of k, the openings shuffled
     for g in rng.permutation(sorted({s.group for s in pool})):
         members = rng.permutation([i for i, s in enumerate(pool) if s.group == g])
-        quads += [list(members[a : a + k]) for a in range(0, len(members) - k + 1, k)]
+        questions += [list(members[a : a + k]) for a in range(0, len(members) - k + 1, k)]
 
     def best(question: list[int]):
         texts = [pool[i].text for i in question]
@@ -304,7 +304,7 @@ def learner_curves(study: fs.Study, pool, held_pool, train, held_views, held, st
             pairs += [(question[o], question[bottom]) for o in range(len(question)) if o not in (top, bottom)]
         return [(c, r) for c, r in pairs if pool[c].text != pool[r].text], cost
 
-    curves["best"] = pair_curve("best", quads, best)
+    curves["best"] = pair_curve("best", questions, best)
 
     # keypresses: each shown completion's words the person reacts to, a press each (a miss drops it, a wrong key
     # flips it); "presses" credits each to the token it judged (the best case of any credit assignment), "stream"
@@ -421,6 +421,8 @@ def learner_report(out: Path, log) -> str:
         counts = sorted({p["labels"] for r in runs for p in r["curves"].get(arm, [])})
         for n in counts:
             points = [p for r in runs for p in r["curves"].get(arm, []) if p["labels"] == n]
+            pairs = np.mean([p["pairs"] for p in points])
+            minutes = np.mean([p["person_minutes"] for p in points])
             cells = []
             for name in learners:
                 acc = np.array([p["accuracy"][name] for p in points if name in p["accuracy"]])
@@ -428,8 +430,6 @@ def learner_report(out: Path, log) -> str:
                     cells.append("")
                     continue
                 cells.append(f"{acc.mean():.3f}" + (f" ± {acc.std(ddof=1):.3f}" if len(acc) > 1 else ""))
-                pairs = np.mean([p["pairs"] for p in points])
-                minutes = np.mean([p["person_minutes"] for p in points])
                 if arm == "presses":  # credit on the judged token: a bound on credit assignment, no session's
                     continue
                 for limit, _ in GOAL:
