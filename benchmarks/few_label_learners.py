@@ -12,11 +12,11 @@ frozen view of a completion:
 
 The labels are the simulated person's (``SimulatedJudge``): 1-5 ratings as regression targets,
 A/B answers and best-of-K answers as preference pairs (a ridge on feature differences), and
-keypresses on the words the person reacts to (``presses``: each token's reward regressed on its
-input embedding, a completion scored by its tokens' sum; the press is credited to the token it
-judged, the best case for any credit assignment). Every figure is read against the person's own
-ceiling on the same held-out pairs: how often one noisy rating, or one noisy A/B answer, agrees
-with the critic.
+keypresses on the words the person reacts to (each token's reward regressed on its input
+embedding, a completion scored by its tokens' sum; a press credited to the token it judged, the
+best case for any credit assignment, or over the window before it as a session credits it).
+Every figure is read against the person's own ceiling on the same held-out pairs: how often one
+noisy rating, or one noisy A/B answer, agrees with the critic.
 """
 
 from __future__ import annotations
