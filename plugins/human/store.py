@@ -585,9 +585,10 @@ def choice_pairs(prompt: str, completions: Sequence[str], best: int, worst: int 
     that are neither best nor worst is preferred to it (2K−3 pairs in all). A pair of two
     identical texts says nothing and is left out.
 
-    Example:
-        >>> [(p["chosen"], p["rejected"]) for p in choice_pairs("p", ["x", "y", "z"], best=1, worst=2)]
-        [('y', 'x'), ('y', 'z'), ('x', 'z')]
+    Example::
+
+        pairs = choice_pairs("p", ["x", "y", "z"], best=1, worst=2)
+        [(p["chosen"], p["rejected"]) for p in pairs]  # y over x, y over z, x over z
     """
     ordered = [(completions[best], other) for k, other in enumerate(completions) if k != best]
     if worst is not None:
