@@ -167,10 +167,12 @@ def _read_switches(argv: list[str]) -> tuple[list[str], list[str], bool, int]:
 
 # ------------------------------------------------------------- a person's keys, and no terminal to read them from
 
-NOT_A_TERMINAL = ("stdin is not a terminal: live feedback reads keypresses as you press them. Run this in an "
-                  "interactive terminal (not through a pipe, a redirect, nohup or a batch job); to label without a "
-                  "person, use the simulated human (textenv.plugins.human.simulated).")
-"""What the human feedback plugin says when stdin is no terminal (its ``TerminalError``), here said earlier."""
+def not_a_terminal(where: str) -> str:
+    """What is said when ``where`` (stdin, or a ``tty=`` path) is no terminal for a person's keys: here before the
+    plugins load, and by the human feedback plugin's own check (its ``TerminalError``) after."""
+    return (f"{where} is not a terminal: live feedback reads keypresses as you press them. Run this in an "
+            "interactive terminal (not through a pipe, a redirect, nohup or a batch job); to label without a "
+            "person, use the simulated human (textenv.plugins.human.simulated).")
 
 
 def without_a_terminal(argv: list[str], disabled: Sequence[str] = ()) -> str | None:
@@ -196,7 +198,7 @@ def without_a_terminal(argv: list[str], disabled: Sequence[str] = ()) -> str | N
         return None
     blocked = {*disabled, *disabled_from_environment()}
     if words[:2] == ["feedback", "label"] and "feedback" not in blocked:
-        return NOT_A_TERMINAL
+        return not_a_terminal("stdin")
     if "human" in blocked:  # (another plugin's source may take the name)
         return None
     specs = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--reward"]
@@ -207,7 +209,7 @@ def without_a_terminal(argv: list[str], disabled: Sequence[str] = ()) -> str | N
         except RewardError:
             continue  # said in full where the spec is read
         if any(term.name == "human" and "tty" not in term.options for term in terms):
-            return f"reward source 'human': {NOT_A_TERMINAL}"
+            return f"reward source 'human': {not_a_terminal('stdin')}"
     return None
 
 

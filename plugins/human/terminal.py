@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TextIO
 
+from textenv.cli import not_a_terminal
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -80,13 +82,6 @@ def split_keys(data: bytes) -> list[str]:
     return names
 
 
-def _not_a_terminal(where: str) -> str:
-    return (f"{where} is not a terminal: live feedback reads keypresses as you press them. "
-            "Run this in an interactive terminal (not through a pipe, a redirect, nohup or a "
-            "batch job); to label without a person, use the simulated human "
-            "(textenv.plugins.human.simulated).")
-
-
 def check_terminal(tty_path: str | None = None) -> None:
     """Make sure keys can be read, without changing the terminal: a cheap check to run before slow work.
 
@@ -100,9 +95,9 @@ def check_terminal(tty_path: str | None = None) -> None:
         try:
             fd = sys.stdin.fileno()
         except (AttributeError, ValueError, OSError):  # stdin closed, or replaced by an object without a file
-            raise TerminalError(_not_a_terminal("stdin")) from None
+            raise TerminalError(not_a_terminal("stdin")) from None
         if not os.isatty(fd):
-            raise TerminalError(_not_a_terminal("stdin"))
+            raise TerminalError(not_a_terminal("stdin"))
         return
     try:
         fd = os.open(tty_path, os.O_RDWR | os.O_NOCTTY)
@@ -110,7 +105,7 @@ def check_terminal(tty_path: str | None = None) -> None:
         raise TerminalError(f"{tty_path}: cannot open the terminal: {exc.strerror}") from None
     try:
         if not os.isatty(fd):
-            raise TerminalError(_not_a_terminal(tty_path))
+            raise TerminalError(not_a_terminal(tty_path))
     finally:
         os.close(fd)
 
@@ -145,7 +140,7 @@ class KeyReader:
         self.fd = sys.stdin.fileno() if fd is None else fd
         if not os.isatty(self.fd):
             self._close_owned()
-            raise TerminalError(_not_a_terminal(tty_path or "stdin"))
+            raise TerminalError(not_a_terminal(tty_path or "stdin"))
         self.on_key = on_key
         self.keys: queue.Queue[Key] = queue.Queue()
         self.hung_up = threading.Event()
