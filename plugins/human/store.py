@@ -358,6 +358,10 @@ class FeedbackStore:
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row)) for row in cursor.fetchall()]
 
+    def _one(self, sql: str) -> dict[str, Any]:
+        """The one row of an aggregate query."""
+        return self._rows(sql)[0]
+
     def keypresses(self, session_id: int | None = None) -> list[Keypress]:
         """Every stored keypress (of one session, or all), in time order."""
         where, params = ("WHERE session_id = ?", (session_id,)) if session_id is not None else ("", ())
@@ -469,17 +473,14 @@ class FeedbackStore:
         Names what the store holds that could give pairs and what each kind needs, e.g.
         ``"12 ratings over 12 prompts: pairs come from two completions of one prompt rated differently"``.
         """
-        def one(sql: str) -> dict[str, Any]:
-            return self._rows(sql)[0]
-
         reasons = []
-        ab = one("SELECT COUNT(*) AS n FROM comparisons")["n"]
+        ab = self._one("SELECT COUNT(*) AS n FROM comparisons")["n"]
         if ab:
             reasons.append(f"{ab} A/B answer{_s(ab)}, all ties or skips")
-        best = one("SELECT COUNT(*) AS n FROM choices")["n"]
+        best = self._one("SELECT COUNT(*) AS n FROM choices")["n"]
         if best:
             reasons.append(f"{best} best-of-K answer{_s(best)}, each among identical completions")
-        rated = one("SELECT COUNT(*) AS n, COUNT(DISTINCT e.prompt) AS prompts FROM ratings r "
+        rated = self._one("SELECT COUNT(*) AS n, COUNT(DISTINCT e.prompt) AS prompts FROM ratings r "
                     "JOIN episodes e ON e.id = r.episode_id")
         if rated["n"] and not include_ratings:
             reasons.append(f"{rated['n']} rating{_s(rated['n'])} left out (--no-ratings)")
@@ -487,7 +488,7 @@ class FeedbackStore:
             reasons.append(f"{rated['n']} rating{_s(rated['n'])} over {rated['prompts']} "
                            f"prompt{_s(rated['prompts'])}: pairs come from two completions of one prompt "
                            "rated differently")
-        credited = one("SELECT COUNT(DISTINCT t.episode_id) AS n, COUNT(DISTINCT e.prompt) AS prompts "
+        credited = self._one("SELECT COUNT(DISTINCT t.episode_id) AS n, COUNT(DISTINCT e.prompt) AS prompts "
                        "FROM token_rewards t JOIN episodes e ON e.id = t.episode_id")
         if credited["n"] and not include_tokens:
             reasons.append(f"{credited['n']} completion{_s(credited['n'])} credited from keypresses left out "
@@ -518,26 +519,22 @@ class FeedbackStore:
 
     def stats(self) -> dict[str, Any]:
         """Counts and summaries of everything stored."""
-
-        def one(sql: str) -> dict[str, Any]:
-            return self._rows(sql)[0]
-
-        keys = one(
+        keys = self._one(
             "SELECT COUNT(*) AS n, COALESCE(SUM(value > 0), 0) AS good, COALESCE(SUM(value < 0), 0) AS bad, "
             "MIN(at) AS first, MAX(at) AS last FROM keypresses"
         )
-        ratings = one("SELECT COUNT(*) AS n, AVG(rating) AS mean, AVG(scale) AS scale FROM ratings")
-        comparisons = one(
+        ratings = self._one("SELECT COUNT(*) AS n, AVG(rating) AS mean, AVG(scale) AS scale FROM ratings")
+        comparisons = self._one(
             "SELECT COUNT(*) AS n, COALESCE(SUM(choice = 'a'), 0) AS a, COALESCE(SUM(choice = 'b'), 0) AS b, "
             "COALESCE(SUM(choice = 'tie'), 0) AS tie, COALESCE(SUM(choice = 'skip'), 0) AS skip FROM comparisons"
         )
-        sessions = one(
+        sessions = self._one(
             "SELECT COUNT(*) AS n, COALESCE(SUM(COALESCE(ended_at, started_at) - started_at), 0) AS seconds "
             "FROM sessions"
         )
-        choices = one("SELECT COUNT(*) AS n, COALESCE(SUM(worst IS NOT NULL), 0) AS worst FROM choices")
-        shown = one("SELECT COUNT(*) AS n FROM episodes")
-        credited = one("SELECT COUNT(DISTINCT episode_id) AS n, AVG(reward) AS mean FROM token_rewards")
+        choices = self._one("SELECT COUNT(*) AS n, COALESCE(SUM(worst IS NOT NULL), 0) AS worst FROM choices")
+        shown = self._one("SELECT COUNT(*) AS n FROM episodes")
+        credited = self._one("SELECT COUNT(DISTINCT episode_id) AS n, AVG(reward) AS mean FROM token_rewards")
         return {
             "sessions": sessions["n"],
             "session_seconds": float(sessions["seconds"]),
