@@ -43,6 +43,8 @@ def test_the_fast_learners_run_on_every_kind_of_label_and_report_against_the_cei
         for point in result["curves"][arm]:
             assert set(point["accuracy"]) == views and all(0 <= a <= 1 for a in point["accuracy"].values())
     assert set(result["curves"]["stream"][0]["accuracy"]) == {"tokens", "Ĥ"}  # keypresses: per-token learners
+    exact = result["curves"]["exact"]  # the views' ceiling: all 36 training openings x 2, the critic's own scores
+    assert [p["labels"] for p in exact] == [72] and set(exact[0]["accuracy"]) == {*module.VIEWS, "ensemble"}
     shown = [p["pairs"] for p in result["curves"]["presses"]]
     assert shown[0] < shown[1]  # a larger press budget streams more completions
     assert 0.5 < result["ceilings"]["rating"] <= 1 and 0.5 < result["ceilings"]["ab"] <= 1
